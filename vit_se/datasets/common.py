@@ -1,0 +1,203 @@
+"""What every FER builder shares: reading images as stored, face crops, and loud checks.
+
+The databases are downloaded by hand from their owners, so the builders must say exactly which
+file is wrong when something is off (a truncated PNG, a label file missing) instead of producing a
+silently smaller dataset. That is why image reading goes through `ImageReader`, which collects every
+bad file before failing, and why split sizes are compared with the official counts.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+from absl import logging
+from PIL import Image, ImageFile
+
+# Truncated files must fail, not be padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class BadImagesError(ValueError):
+    """Raised when one or more images cannot be decoded; names every bad file."""
+
+
+def check_manual_dir(manual_dir, dataset_name, hint):
+    """Fails early with the expected layout when the manual dir is missing or empty."""
+    path = os.fspath(manual_dir) if manual_dir is not None else ""
+    if not path or not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"{dataset_name}: manual dir {path!r} does not exist; expected {hint} (see the "
+            f"builder's MANUAL_DOWNLOAD_INSTRUCTIONS)"
+        )
+    if not os.listdir(path):
+        raise FileNotFoundError(f"{dataset_name}: manual dir {path!r} is empty; expected {hint}")
+    return path
+
+
+def decode_image(path_or_file, name=None):
+    """Decodes an image file to uint8 HxWxC with C = 1 (gray) or 3 (RGB), as stored.
+
+    Palette images (some JAFFE tiffs) are expanded: to gray when the palette is gray, else RGB.
+    16-bit gray is rescaled to 8 bits. Alpha is dropped.
+    """
+    name = name or os.fspath(path_or_file)
+    try:
+        with Image.open(path_or_file) as img:
+            img.load()
+            mode = img.mode
+            if mode == "P":
+                img = img.convert("RGB")
+                arr = np.asarray(img)
+                if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(
+                    arr[..., 0], arr[..., 2]
+                ):
+                    arr = arr[..., :1]
+                return np.ascontiguousarray(arr)
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                peak = arr.max() if arr.max() > 0 else 1.0
+                arr = np.round(arr * (255.0 / max(peak, 255.0))).astype(np.uint8)
+                return arr[..., None]
+            if mode in ("L", "1"):
+                return np.asarray(img.convert("L"))[..., None]
+            if mode == "LA":
+                return np.asarray(img.convert("L"))[..., None]
+            return np.asarray(img.convert("RGB"))
+    except Exception as e:  # PIL raises several types for corrupt data.
+        raise BadImagesError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+class ImageReader:
+    """Decodes images, recording failures so one build reports every bad file at once.
+
+    With `skip_bad=False` (the default of every builder) `finish()` raises listing all bad files;
+    with `skip_bad=True` they are dropped and `finish()` logs how many were skipped.
+    """
+
+    def __init__(self, dataset_name, skip_bad=False):
+        self.dataset_name = dataset_name
+        self.skip_bad = skip_bad
+        self.bad = []
+
+    def read(self, path):
+        """Returns the decoded image, or None when the file is bad (recorded)."""
+        try:
+            with open(path, "rb") as f:
+                return decode_image(f, name=os.fspath(path))
+        except (BadImagesError, OSError) as e:
+            self.bad.append(str(e))
+            return None
+
+    def finish(self):
+        if not self.bad:
+            return 0
+        if self.skip_bad:
+            logging.warning(
+                "%s: skipped %d unreadable image(s): %s",
+                self.dataset_name,
+                len(self.bad),
+                "; ".join(self.bad),
+            )
+            return len(self.bad)
+        raise BadImagesError(
+            f"{self.dataset_name}: {len(self.bad)} unreadable image(s) (set skip_bad_images to "
+            f"skip them): " + "; ".join(self.bad)
+        )
+
+
+def check_count(dataset_name, split, got, expected):
+    """Warns, stating both numbers, when a split differs from the official size."""
+    if expected is not None and got != expected:
+        logging.warning(
+            "%s: split %r has %d examples; the official count is %d",
+            dataset_name,
+            split,
+            got,
+            expected,
+        )
+        return False
+    return True
+
+
+@functools.cache
+def _face_detector():
+    import cv2
+
+    path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+    detector = cv2.CascadeClassifier(path)
+    if detector.empty():
+        raise RuntimeError(f"cannot load the OpenCV face detector from {path}")
+    return detector
+
+
+def center_square(image):
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    return image[top : top + s, left : left + s]
+
+
+def face_crop(image, margin=0.2):
+    """Crops the largest frontal face (OpenCV Haar cascade, shipped in the cv2 wheel).
+
+    Returns (crop, found). When no face is found the centre square is returned and `found` is
+    False, so the caller can count the fallbacks and warn once.
+    """
+    gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1).astype(np.uint8)
+    h, w = gray.shape
+    min_side = max(24, min(h, w) // 8)
+    faces = _face_detector().detectMultiScale(
+        np.ascontiguousarray(gray), scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+    )
+    if len(faces) == 0:
+        return center_square(image), False
+    x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
+    side = int(round(max(fw, fh) * (1 + 2 * margin)))
+    cx, cy = x + fw // 2, y + fh // 2
+    side = min(side, h, w)
+    top = int(np.clip(cy - side // 2, 0, h - side))
+    left = int(np.clip(cx - side // 2, 0, w - side))
+    return image[top : top + side, left : left + side], True
+
+
+class FaceCropper:
+    """Applies `face_crop` over a build and warns once with the number of fallbacks."""
+
+    def __init__(self, dataset_name, enabled, size=None, margin=0.2):
+        self.dataset_name = dataset_name
+        self.enabled = enabled
+        self.size = size
+        self.margin = margin
+        self.total = 0
+        self.missed = 0
+
+    def __call__(self, image):
+        if not self.enabled:
+            return image
+        self.total += 1
+        crop, found = face_crop(image, self.margin)
+        if not found:
+            self.missed += 1
+        if self.size:
+            crop = resize(crop, self.size)
+        return crop
+
+    def finish(self):
+        if self.enabled and self.missed:
+            logging.warning(
+                "%s: no face found in %d of %d images; used the centre crop for those",
+                self.dataset_name,
+                self.missed,
+                self.total,
+            )
+        return self.missed
+
+
+def resize(image, size):
+    """Resizes uint8 HxWxC to size x size with PIL's bicubic filter (antialiased)."""
+    channels = image.shape[-1]
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    out = np.asarray(pil.resize((size, size), Image.BICUBIC))
+    return out[..., None] if channels == 1 else out
