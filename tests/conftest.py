@@ -1,0 +1,6 @@
+"""Shared pytest set-up: quiet TensorFlow, keep it off accelerators, fixed tfds data dirs per test."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")

@@ -1,0 +1,270 @@
+"""Loading official checkpoint layouts: parity, full key sets, pos-emb resize, and errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.interpolate
+from official_layout import (
+    big_vision_shapes,
+    random_arrays,
+    vit_jax_shapes,
+    vit_jax_to_big_vision,
+    zero_views,
+)
+from reference_vit import forward
+
+from vit_se import checkpoint, model_configs, models
+
+# A small model in the official layout: width 32, 2 blocks, 2 heads, mlp 64, patch 4, 16 px.
+TINY = dict(width=32, depth=2, heads=2, mlp=64, patch=4, image=16)
+
+
+def _tiny_config(use_se, representation_size=None):
+    cfg = model_configs.get_config("tiny/4", use_se=use_se)
+    cfg.representation_size = representation_size
+    return cfg
+
+
+def _init(cfg, num_classes, image):
+    model = models.build_model(cfg, num_classes)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, image, image, 3)))["params"]
+    return model, params
+
+
+def _save(path, arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def _images(n=3, image=16, seed=5):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, image, image, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("use_se", [False, True])
+@pytest.mark.parametrize("representation_size", [None, 24])
+def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_size):
+    weights = random_arrays(vit_jax_shapes(**TINY, head=7, pre_logits=representation_size))
+    if use_se:
+        rep = representation_size or TINY["width"]
+        se = {
+            "se/reduce/kernel": (rep, rep // 4),
+            "se/reduce/bias": (rep // 4,),
+            "se/expand/kernel": (rep // 4, rep),
+            "se/expand/bias": (rep,),
+        }
+        weights.update(random_arrays(se, seed=1, scale=0.5))
+    path = _save(tmp_path / "vit.npz", weights)
+    model, init = _init(_tiny_config(use_se, representation_size), 7, 16)
+    params = checkpoint.load_pretrained(path, init)
+    x = _images()
+    got = np.asarray(model.apply({"params": params}, x))
+    want = forward(weights, x, use_se=use_se)
+    assert np.max(np.abs(got - want)) <= 1e-4
+    assert np.max(np.abs(want)) > 0.1  # the comparison is not between two zero vectors
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_big_vision_npz_matches_numpy_reference(tmp_path, scan):
+    weights = random_arrays(vit_jax_shapes(**TINY, head=7), seed=3)
+    bv = vit_jax_to_big_vision(weights, scan=scan)
+    path = _save(tmp_path / "bv.npz", bv)
+    model, init = _init(_tiny_config(False), 7, 16)
+    params = checkpoint.load_pretrained(path, init)
+    x = _images()
+    got = np.asarray(model.apply({"params": params}, x))
+    want = forward(bv, x, big_vision=True)
+    assert np.max(np.abs(got - want)) <= 1e-4
+    pe = params["Transformer"]["posembed_input"]["pos_embedding"]
+    np.testing.assert_array_equal(pe[0, 0], 0.0)
+
+
+def _expected_shapes(cfg, num_classes, image=224):
+    model = models.build_model(cfg, num_classes)
+    return jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, image, image, 3)))
+    )["params"]
+
+
+def _shapes(tree):
+    return jax.tree_util.tree_map(lambda x: tuple(x.shape), tree)
+
+
+# (name, width, depth, heads, mlp, patch)
+OFFICIAL = [("B/16", 768, 12, 12, 3072, 16), ("L/16", 1024, 24, 16, 4096, 16)]
+
+
+@pytest.mark.parametrize("name,width,depth,heads,mlp,patch", OFFICIAL)
+@pytest.mark.parametrize(
+    "family",
+    ["i21k_with_pre_logits", "augreg", "i1k_finetuned", "big_vision", "big_vision_scan"],
+)
+def test_full_official_key_set_loads(name, width, depth, heads, mlp, patch, family):
+    dims = dict(width=width, depth=depth, heads=heads, mlp=mlp, patch=patch)
+    if family == "i21k_with_pre_logits":
+        flat = vit_jax_shapes(**dims, head=21843, pre_logits=width)
+    elif family == "augreg":
+        flat = vit_jax_shapes(**dims, head=21843)
+    elif family == "i1k_finetuned":
+        flat = vit_jax_shapes(**dims, image=384, head=1000)
+    else:
+        flat = big_vision_shapes(**dims, head=1000, scan=family == "big_vision_scan")
+    cfg = model_configs.get_config(name, use_se=True)
+    expected = _expected_shapes(cfg, 7)
+    params = checkpoint.params_from_flat(zero_views(flat), expected, path=family)
+    assert _shapes(params) == _shapes(expected)
+    loaded = checkpoint.flatten(params)
+    # Every backbone weight came from the file (zero views), not from the initialiser.
+    for key, value in loaded.items():
+        if key.split("/")[0] in ("head", "se"):
+            assert isinstance(value, jax.ShapeDtypeStruct), key
+        else:
+            assert isinstance(value, np.ndarray), key
+
+
+def test_pre_logits_kept_when_configured():
+    flat = vit_jax_shapes(768, 12, 12, 3072, 16, head=21843, pre_logits=768)
+    cfg = model_configs.get_config("B/16", representation_size=768)
+    expected = _expected_shapes(cfg, 7)
+    params = checkpoint.params_from_flat(zero_views(flat), expected)
+    assert isinstance(params["pre_logits"]["kernel"], np.ndarray)
+    assert isinstance(params["head"]["kernel"], jax.ShapeDtypeStruct)
+
+
+def test_head_loaded_when_class_count_matches(tmp_path):
+    weights = random_arrays(vit_jax_shapes(**TINY, head=7))
+    _, init = _init(_tiny_config(False), 7, 16)
+    params = checkpoint.load_pretrained(_save(tmp_path / "c.npz", weights), init)
+    np.testing.assert_array_equal(params["head"]["kernel"], weights["head/kernel"])
+    _, init5 = _init(_tiny_config(False), 5, 16)
+    params5 = checkpoint.load_pretrained(_save(tmp_path / "c.npz", weights), init5)
+    np.testing.assert_array_equal(params5["head"]["kernel"], np.zeros((32, 5)))
+
+
+def _direct_bilinear(grid, new):
+    """Align-corners bilinear sampling of an old x old grid at new x new points."""
+    old = grid.shape[0]
+    axis = np.arange(old)
+    interp = scipy.interpolate.RegularGridInterpolator((axis, axis), grid, method="linear")
+    pts = np.linspace(0, old - 1, new)
+    yy, xx = np.meshgrid(pts, pts, indexing="ij")
+    return interp(np.stack([yy.ravel(), xx.ravel()], -1)).reshape(new * new, -1)
+
+
+@pytest.mark.parametrize("new_grid", [24, 4])
+def test_posemb_resize_keeps_class_row_and_is_bilinear(new_grid):
+    rng = np.random.default_rng(0)
+    pe = rng.normal(size=(1, 1 + 14 * 14, 8)).astype(np.float32)
+    out = checkpoint.resize_posemb(pe, 1 + new_grid * new_grid, has_cls=True)
+    assert out.shape == (1, 1 + new_grid * new_grid, 8)
+    np.testing.assert_array_equal(out[0, 0], pe[0, 0])
+    want = _direct_bilinear(pe[0, 1:].reshape(14, 14, 8).astype(np.float64), new_grid)
+    np.testing.assert_allclose(out[0, 1:], want, atol=1e-5)
+
+
+def test_loading_224_checkpoint_into_384_model_resizes(tmp_path):
+    flat = vit_jax_shapes(**{**TINY, "image": 16}, head=7)
+    weights = random_arrays(flat)
+    _, init = _init(_tiny_config(False), 7, 24)  # 4x4 grid -> 6x6 grid
+    params = checkpoint.load_pretrained(_save(tmp_path / "c.npz", weights), init)
+    pe = params["Transformer"]["posembed_input"]["pos_embedding"]
+    assert pe.shape == (1, 37, 32)
+    np.testing.assert_array_equal(
+        pe[0, 0], weights["Transformer/posembed_input/pos_embedding"][0, 0]
+    )
+
+
+# ----- bad checkpoints -----
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match=r"nope\.npz: cannot read checkpoint"):
+        checkpoint.load_npz(str(tmp_path / "nope.npz"))
+
+
+def test_not_an_npz(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("hello")
+    with pytest.raises(checkpoint.CheckpointError, match=r"notes\.npz: not an \.npz checkpoint"):
+        checkpoint.load_npz(str(path))
+
+
+def test_npz_that_is_not_a_vit(tmp_path):
+    path = _save(tmp_path / "other.npz", {"conv1/weight": np.zeros(3)})
+    _, init = _init(_tiny_config(False), 7, 16)
+    with pytest.raises(checkpoint.CheckpointError, match=r"other\.npz: not a ViT checkpoint"):
+        checkpoint.load_pretrained(path, init)
+
+
+def test_other_width_or_depth_is_one_line(tmp_path):
+    weights = random_arrays(vit_jax_shapes(width=64, depth=3, heads=2, mlp=128, patch=4, image=16))
+    path = _save(tmp_path / "wide.npz", weights)
+    _, init = _init(_tiny_config(False), 7, 16)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_pretrained(path, init)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "width 64, depth 3, patch 4" in msg and "expects width 32, depth 2, patch 4" in msg
+
+
+def test_every_mismatched_key_is_reported_in_one_error(tmp_path):
+    weights = random_arrays(vit_jax_shapes(**TINY, head=7))
+    del weights["Transformer/encoderblock_1/LayerNorm_2/scale"]
+    del weights["cls"]
+    weights["Transformer/extra/kernel"] = np.zeros((2, 2), np.float32)
+    weights["Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"] = np.zeros(65, np.float32)
+    path = _save(tmp_path / "broken.npz", weights)
+    _, init = _init(_tiny_config(False), 7, 16)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_pretrained(path, init)
+    msg = str(e.value)
+    assert "broken.npz (vit_jax) does not fit the model" in msg
+    assert "missing: Transformer/encoderblock_1/LayerNorm_1/scale (32,); cls (1, 1, 32)" in msg
+    assert "unexpected: Transformer/extra/kernel (2, 2)" in msg
+    assert (
+        "wrong shape: Transformer/encoderblock_0/MlpBlock_0/Dense_0/bias checkpoint (65,) "
+        "vs model (64,)" in msg
+    )
+
+
+def test_map_pooled_big_vision_checkpoint_is_named(tmp_path):
+    bv = vit_jax_to_big_vision(random_arrays(vit_jax_shapes(**TINY, head=7)))
+    del bv["params/cls"]
+    bv["params/MAPHead_0/probe"] = np.zeros((1, 1, 32), np.float32)
+    path = _save(tmp_path / "map.npz", bv)
+    _, init = _init(_tiny_config(False), 7, 16)
+    with pytest.raises(checkpoint.CheckpointError, match="MAP pooling"):
+        checkpoint.load_pretrained(path, init)
+
+
+# ----- inspect -----
+
+
+def test_inspect_reports_the_variant(tmp_path, capsys):
+    b16 = vit_jax_shapes(768, 12, 12, 3072, 16, head=21843, pre_logits=768)
+    info = checkpoint.describe(zero_views(b16))
+    assert info["variant"] == "B/16" and info["format"] == "vit_jax"
+    assert info["grid"] == (14, 14) and info["image_size"] == 224
+    assert info["head_classes"] == 21843 and info["representation_size"] == 768
+    l16 = checkpoint.describe(zero_views(big_vision_shapes(1024, 24, 16, 4096, 16, scan=True)))
+    assert (l16["variant"], l16["format"], l16["depth"], l16["heads"]) == (
+        "L/16",
+        "big_vision",
+        24,
+        16,
+    )
+    path = _save(tmp_path / "tiny.npz", random_arrays(vit_jax_shapes(**TINY, head=7)))
+    assert checkpoint.inspect_main([path]) == 0
+    out = capsys.readouterr().out
+    assert "variant              tiny/4" in out and "head_classes         7" in out
+    assert checkpoint.inspect_main([str(tmp_path / "missing.npz")]) == 1
+
+
+def test_save_npz_round_trips_and_leaves_no_temp_file(tmp_path):
+    model, params = _init(_tiny_config(True), 7, 16)
+    path = tmp_path / "out" / "params.npz"
+    checkpoint.save_npz(params, str(path))
+    assert [p.name for p in path.parent.iterdir()] == ["params.npz"]
+    again = checkpoint.load_pretrained(str(path), params)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,60 @@
+"""Named ViT variants with the official widths, as ml_collections configs (vit_jax style).
+
+A model config holds exactly the fields of `models.VisionTransformer` (plus `name`), so a trainer
+config can embed one as `config.model` and override any field from the command line.
+"""
+
+import ml_collections
+
+# name: (hidden, layers, heads, mlp, patch)
+VARIANTS = {
+    "Ti/16": (192, 12, 3, 768, 16),
+    "S/16": (384, 12, 6, 1536, 16),
+    "B/16": (768, 12, 12, 3072, 16),
+    "B/32": (768, 12, 12, 3072, 32),
+    "L/16": (1024, 24, 16, 4096, 16),
+    "L/32": (1024, 24, 16, 4096, 32),
+    "H/14": (1280, 32, 16, 5120, 14),
+    # For unit tests and the CPU demo only; not an official width.
+    "tiny/8": (64, 2, 2, 128, 8),
+    "tiny/4": (32, 2, 2, 64, 4),
+}
+
+
+def _normalise(name):
+    """Accepts 'B/16', 'ViT-B/16', 'ViT-B_16' and 'b16'."""
+    n = name.removeprefix("ViT-").removeprefix("vit-").replace("_", "/")
+    if "/" not in n:
+        n = n[0] + "/" + n[1:] if n[0].isalpha() and n[1:].isdigit() else n
+    for known in VARIANTS:
+        if known.lower() == n.lower():
+            return known
+    raise ValueError(f"unknown model name {name!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def get_config(name="B/16", *, use_se=True, se_reduction=4, representation_size=None):
+    """Returns the model config of a named variant."""
+    key = _normalise(name)
+    hidden, layers, heads, mlp, patch = VARIANTS[key]
+    config = ml_collections.ConfigDict()
+    config.name = key
+    config.patches = ml_collections.ConfigDict({"size": (patch, patch)})
+    config.hidden_size = hidden
+    config.transformer = ml_collections.ConfigDict(
+        {
+            "num_layers": layers,
+            "mlp_dim": mlp,
+            "num_heads": heads,
+            "dropout_rate": 0.0,
+            "attention_dropout_rate": 0.0,
+            "stochastic_depth": 0.0,
+        }
+    )
+    config.representation_size = representation_size
+    config.classifier = "token"
+    config.use_se = use_se
+    config.se_reduction = se_reduction
+    # Compute dtype of activations; parameters stay float32.
+    config.dtype = "float32"
+    config.sow_attention = False
+    return config
