@@ -1,4 +1,4 @@
-"""Shared pytest set-up: quiet TensorFlow, keep it off accelerators, fixed tfds data dirs per test."""
+"""Shared pytest set-up: quiet TensorFlow and keep tfds off the network."""
 
 import os
 

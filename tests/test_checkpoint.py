@@ -266,5 +266,6 @@ def test_save_npz_round_trips_and_leaves_no_temp_file(tmp_path):
     checkpoint.save_npz(params, str(path))
     assert [p.name for p in path.parent.iterdir()] == ["params.npz"]
     again = checkpoint.load_pretrained(str(path), params)
-    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
+    leaves = jax.tree_util.tree_leaves
+    for a, b in zip(leaves(params), leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -247,9 +247,12 @@ def params_from_flat(flat_ckpt, init_params, path="checkpoint"):
             missing.append(f"{key} {_shape(ref)}")
             continue
         value = ckpt[key]
-        if key == "Transformer/posembed_input/pos_embedding" and _shape(value) != _shape(ref):
-            if value.shape[2] == ref.shape[2]:
-                value = resize_posemb(value, ref.shape[1], has_cls="cls" in expected)
+        if (
+            key == "Transformer/posembed_input/pos_embedding"
+            and _shape(value) != _shape(ref)
+            and value.shape[2] == ref.shape[2]
+        ):
+            value = resize_posemb(value, ref.shape[1], has_cls="cls" in expected)
         if _shape(value) != _shape(ref):
             if fresh_ok:  # e.g. a 21843- or 1000-class head replaced by a 7-class one
                 logging.info("Not loading %s: shape %s, model has %s", key, value.shape, ref.shape)
