@@ -9,7 +9,9 @@ bad file before failing, and why split sizes are compared with the official coun
 from __future__ import annotations
 
 import functools
+import json
 import os
+import zlib
 
 import numpy as np
 from absl import logging
@@ -201,3 +203,95 @@ def resize(image, size):
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
     out = np.asarray(pil.resize((size, size), Image.BICUBIC))
     return out[..., None] if channels == 1 else out
+
+
+# --- Subject-independent folds and original archives (shared by the CK+ and JAFFE builders) ---
+
+
+def fold_splits(k, num_folds=10):
+    """Returns (train, test) tfds split strings for fold k of a builder with splits fold0..foldN-1.
+
+    The test split is `fold{k}`; train is every other fold joined with '+', which the tfds split
+    API reads as their concatenation, e.g. `tfds.load('jaffe', split=fold_splits(3)[0])`.
+    """
+    if not 0 <= k < num_folds:
+        raise ValueError(f"fold {k} out of range 0..{num_folds - 1}")
+    train = "+".join(f"fold{i}" for i in range(num_folds) if i != k)
+    return train, f"fold{k}"
+
+
+class FoldAssigner:
+    """Maps subject ids to folds from a fold file shipped with the builder.
+
+    The file is JSON: {"num_folds": n, "folds": [[subject, ...], ...]} with fold i at index i. A
+    subject absent from the file (a distribution with extra subjects) falls back to
+    crc32(id) % n, which is stable across runs and machines, and is named in a warning.
+    """
+
+    def __init__(self, dataset_name, path):
+        self.dataset_name = dataset_name
+        with open(path) as f:
+            spec = json.load(f)
+        self.num_folds = spec["num_folds"]
+        if len(spec["folds"]) != self.num_folds:
+            n = len(spec["folds"])
+            raise ValueError(f"{path}: {n} folds listed, num_folds is {self.num_folds}")
+        self.fold_of = {}
+        for fold, subjects in enumerate(spec["folds"]):
+            for subject in subjects:
+                if subject in self.fold_of:
+                    raise ValueError(f"{path}: subject {subject} is in two folds")
+                self.fold_of[subject] = fold
+        self.unknown = set()
+
+    def __call__(self, subject):
+        if subject in self.fold_of:
+            return self.fold_of[subject]
+        fold = zlib.crc32(subject.encode()) % self.num_folds
+        if subject not in self.unknown:
+            self.unknown.add(subject)
+            logging.warning(
+                "%s: subject %s is not in the shipped fold file; assigned to fold %d by "
+                "crc32(id) %% %d",
+                self.dataset_name,
+                subject,
+                fold,
+                self.num_folds,
+            )
+        return fold
+
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def extract_archives(dl_manager, manual_dir):
+    """Extracts the archives lying at the top of the manual dir; returns their folders, sorted.
+
+    Builders call this only when the extracted layout is not already there, so a user may keep
+    either the archives as downloaded or their extracted folders.
+    """
+    names = sorted(
+        n for n in os.listdir(manual_dir) if n.lower().endswith(ARCHIVE_SUFFIXES) and n[0] != "."
+    )
+    if not names:
+        return []
+    extracted = dl_manager.extract({n: os.path.join(manual_dir, n) for n in names})
+    return [os.fspath(extracted[n]) for n in names]
+
+
+def iter_dirs(root, max_depth=4):
+    """Yields root and its sub-folders down to max_depth, skipping hidden and __MACOSX folders."""
+    root = os.fspath(root)
+    base = root.rstrip(os.sep).count(os.sep)
+    for path, dirs, _ in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d[0] != "." and d != "__MACOSX")
+        if path.count(os.sep) - base >= max_depth:
+            dirs[:] = []
+        yield path
+
+
+def to_gray(image):
+    """Converts uint8 HxWx3 to HxWx1 with PIL's ITU-R 601-2 luma; HxWx1 passes through."""
+    if image.shape[-1] == 1:
+        return image
+    return np.asarray(Image.fromarray(image).convert("L"))[..., None]
