@@ -4,7 +4,11 @@ Labels come from the file names (`KA.AN1.39.tiff`: poser KA, expression AN) and 
 through `labels.JAFFE_CODES`, into the canonical order angry, disgust, fear, happy, sad, surprise,
 neutral (AN DI FE HA SA SU NE). Images are emitted as stored, 256x256 gray with one channel;
 palette tiffs are expanded by their gray palette and any 3-channel file is reduced to luma, so
-every example has the same encoding.
+every example has the same encoding. The `face224` config crops the largest face (OpenCV's Haar
+cascade, shipped inside the cv2 wheel) and resizes it to 224x224; images with no face found get
+the centre square, counted in a warning and in `info.metadata['face_crop_fallbacks']`. Per-class
+counts that differ from the published ones (AN 30, DI 29, FE 32, HA 31, NE 30, SA 31, SU 30) are
+warned with both numbers.
 
 Evaluation on JAFFE is subject-independent 10-fold cross-validation. JAFFE has exactly 10
 posers, so fold i holds poser i of the sorted list in `folds.json`: no poser is in two folds,
