@@ -1,0 +1,320 @@
+"""tfds -> tf.data per process -> global arrays sharded over every device.
+
+Two properties the trainer relies on:
+- The training stream is a pure function of (seed, process, step): encoded images are cached,
+  shuffling is seeded, and augmentation uses stateless random ops keyed by the example's position
+  in the stream. A resumed run therefore skips to its step and sees the same batches as an
+  uninterrupted one, without saving tf.data iterator state.
+- Evaluation counts every example exactly once: each process reads its own shard, the last
+  partial batch is padded and masked, and processes pad to the same number of batches so the
+  jitted eval step runs in lock-step on every host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from vit_se.datasets import common, registry
+
+_MEAN_FILL = 127.5
+
+
+def load_builder(config):
+    """Returns the tfds builder of `config.dataset`, preparing it from the manual dir if needed.
+
+    Process 0 prepares a shared data dir; the other processes wait for it. A host whose data dir
+    is local (not shared) prepares its own copy.
+    """
+    builder = registry.load_builder(
+        config.dataset, data_dir=config.get("data_dir"), config=config.get("dataset_config")
+    )
+    if jax.process_index() == 0 and not _is_prepared(builder):
+        _prepare(builder, config)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vit_se: dataset prepared")
+        if not _is_prepared(builder):
+            builder = registry.load_builder(
+                config.dataset, data_dir=config.get("data_dir"), config=config.get("dataset_config")
+            )
+            if not _is_prepared(builder):
+                _prepare(builder, config)
+    return builder
+
+
+def _is_prepared(builder):
+    return tf.io.gfile.exists(builder.data_path / "dataset_info.json")
+
+
+def _prepare(builder, config):
+    manual_dir = config.get("manual_dir")
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+
+
+def num_examples(builder, split):
+    return builder.info.splits[split].num_examples
+
+
+def process_split(split):
+    """This process's share of a split (tfds even_splits over processes)."""
+    if jax.process_count() == 1:
+        return split
+    return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing.
+
+
+def _decode(encoded):
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _face_crop_encoded(encoded):
+    """Face crop on the encoded bytes, re-encoded losslessly so the result can be cached."""
+
+    def crop(data):
+        image = common.decode_image(io.BytesIO(data), name="image")
+        cropped, _ = common.face_crop(image)
+        if cropped.shape[-1] == 1:
+            cropped = np.repeat(cropped, 3, axis=-1)
+        return cropped
+
+    image = tf.numpy_function(crop, [encoded], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return tf.io.encode_png(image)
+
+
+def _normalise(image):
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def _resize(image, size):
+    return tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
+
+
+def eval_preprocess(encoded, config):
+    """Deterministic resize (and centre crop after five-crop training) to [-1, 1]."""
+    image = _decode(encoded)
+    size = config.image_size
+    if config.augment.crop == "five_crop":
+        big = _resize_to(config)
+        image = _resize(image, big)
+        offset = (big - size) // 2
+        image = image[offset : offset + size, offset : offset + size]
+    else:
+        image = _resize(image, size)
+    return _normalise(image)
+
+
+def _resize_to(config):
+    """The five-crop resize size, kept at the authors' 256/224 ratio for other image sizes."""
+    return int(round(config.augment.resize_to * config.image_size / 224))
+
+
+def _seeds(seed, index, n):
+    """n independent stateless seeds for one example."""
+    base = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
+    return tf.random.experimental.stateless_split(tf.cast(base, tf.int64), n)
+
+
+def train_preprocess(encoded, index, config, seed):
+    """Training augmentation with stateless ops keyed by (seed, stream index)."""
+    aug = config.augment
+    size = config.image_size
+    s = _seeds(seed, index, 10)
+    image = _decode(encoded)
+    if aug.crop == "random_resized":
+        begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image),
+            bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+            seed=s[0],
+            area_range=tuple(aug.crop_scale),
+            aspect_ratio_range=(3 / 4, 4 / 3),
+            min_object_covered=0.0,
+            use_image_if_no_bounding_boxes=True,
+        )
+        image = tf.slice(image, begin, extent)
+        image = _resize(image, size)
+    elif aug.crop == "five_crop":
+        big = _resize_to(config)
+        image = _resize(image, big)
+        m = big - size
+        offsets = tf.constant([[0, 0], [0, m], [m, 0], [m, m], [m // 2, m // 2]])
+        which = tf.random.stateless_uniform([], s[0], 0, 5, dtype=tf.int32)
+        off = offsets[which]
+        image = image[off[0] : off[0] + size, off[1] : off[1] + size]
+    elif aug.crop == "none":
+        image = _resize(image, size)
+    else:
+        raise ValueError(f"config.augment.crop: unknown {aug.crop!r}")
+    if aug.flip:
+        image = tf.image.stateless_random_flip_left_right(image, s[1])
+    if aug.rotation:
+        image = _rotate(image, aug.rotation, s[2])
+    if aug.color_jitter:
+        j = aug.color_jitter
+        image = tf.image.stateless_random_brightness(image, 255.0 * j * 0.5, s[3])
+        image = tf.image.stateless_random_contrast(image, 1 - j, 1 + j, s[4])
+        image = tf.image.stateless_random_saturation(image, 1 - j, 1 + j, s[5])
+        image = tf.clip_by_value(image, 0.0, 255.0)
+    if aug.grayscale:
+        gray = tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(image))
+        image = tf.where(tf.random.stateless_uniform([], s[6]) < aug.grayscale, gray, image)
+    if aug.cutout:
+        image = _cutout(image, int(aug.cutout), s[7])
+    image = tf.ensure_shape(image, [size, size, 3])
+    return _normalise(image)
+
+
+def _rotate(image, max_degrees, seed):
+    """Rotation about the centre by a uniform angle; the corners are filled with grey."""
+    angle = tf.random.stateless_uniform([], seed, -max_degrees, max_degrees) * math.pi / 180
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) samples the input at the inverse-rotated position.
+    x0 = (w - 1) / 2 - cos * (w - 1) / 2 + sin * (h - 1) / 2
+    y0 = (h - 1) / 2 - sin * (w - 1) / 2 - cos * (h - 1) / 2
+    transform = tf.stack([cos, -sin, x0, sin, cos, y0, 0.0, 0.0])[None]
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform,
+        output_shape=tf.shape(image)[:2],
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+        fill_value=_MEAN_FILL,
+    )
+    return out[0]
+
+
+def _cutout(image, side, seed):
+    size = tf.shape(image)[0]
+    centre = tf.random.stateless_uniform([2], seed, 0, size, dtype=tf.int32)
+    rows = tf.range(size)[:, None]
+    cols = tf.range(size)[None, :]
+    half = side // 2
+    inside = (
+        (rows >= centre[0] - half)
+        & (rows < centre[0] - half + side)
+        & (cols >= centre[1] - half)
+        & (cols < centre[1] - half + side)
+    )
+    return tf.where(inside[..., None], tf.fill(tf.shape(image), _MEAN_FILL), image)
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets.
+
+
+def _encoded(builder, split, face_crop):
+    ds = builder.as_dataset(
+        split=split,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        shuffle_files=False,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
+    )
+    ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+    if face_crop:
+        ds = ds.map(lambda im, lb: (_face_crop_encoded(im), lb))
+    return ds.cache()
+
+
+def train_dataset(builder, config, local_batch, start_step=0):
+    """Endless, augmented batches of this process's shard, starting at `start_step`."""
+    split = process_split(config.train_split)
+    n = num_examples(builder, split)
+    if n == 0:
+        raise ValueError(f"{config.dataset}: training split {split!r} of this process is empty")
+    seed = config.seed * 1000 + jax.process_index()
+    ds = _encoded(builder, split, config.face_crop)
+    if config.class_balanced:
+        per_class = [
+            ds.filter(lambda _, lb, c=c: tf.equal(lb, c)).repeat()
+            for c in range(config.num_classes)
+        ]
+        counts = _class_counts(builder, split, config.num_classes)
+        present = [c for c in range(config.num_classes) if counts[c] > 0]
+        ds = tf.data.Dataset.sample_from_datasets(
+            [per_class[c].shuffle(max(counts[c], 1), seed=seed + c) for c in present],
+            seed=seed,
+        )
+    else:
+        ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+    start = start_step * local_batch
+    ds = ds.skip(start)
+    ds = ds.enumerate(start=start)
+    ds = ds.map(
+        lambda i, ex: {
+            "image": train_preprocess(ex[0], i, config, seed),
+            "label": ex[1],
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(config.prefetch)
+
+
+def _class_counts(builder, split, num_classes):
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    counts = np.zeros(num_classes, np.int64)
+    for lb in ds.map(lambda ex: ex["label"]).batch(4096).as_numpy_iterator():
+        counts += np.bincount(lb, minlength=num_classes)[:num_classes]
+    return counts
+
+
+@dataclasses.dataclass
+class EvalData:
+    dataset: tf.data.Dataset
+    num_batches: int  # the same on every process
+    num_examples: int  # over all processes
+
+
+def eval_dataset(builder, config, split, local_batch):
+    """Padded, masked batches of this process's shard; every process yields `num_batches`."""
+    shards = tfds.even_splits(split, n=jax.process_count()) if jax.process_count() > 1 else [split]
+    sizes = [num_examples(builder, s) for s in shards]
+    num_batches = max(1, math.ceil(max(sizes) / local_batch))
+    ds = _encoded(builder, shards[jax.process_index()], config.face_crop)
+    ds = ds.map(
+        lambda im, lb: {
+            "image": eval_preprocess(im, config),
+            "label": lb,
+            "mask": tf.constant(1.0),
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    # Pad with masked examples to num_batches full batches.
+    mine = sizes[jax.process_index()]
+    pad = num_batches * local_batch - mine
+    size = config.image_size
+    filler = tf.data.Dataset.from_tensors(
+        {
+            "image": tf.zeros([size, size, 3], tf.float32),
+            "label": tf.constant(0, tf.int64),
+            "mask": tf.constant(0.0),
+        }
+    ).repeat(pad)
+    ds = ds.concatenate(filler).batch(local_batch, drop_remainder=True)
+    return EvalData(ds.prefetch(config.prefetch), num_batches, sum(sizes))
+
+
+def to_global(batch, sharding):
+    """Assembles each process's local numpy batch into one global array per key."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )
