@@ -163,8 +163,10 @@ def _put(tree, shardings):
 
 def _backbone_mask(params):
     """True for parameters frozen during `freeze_backbone_steps` (all but head and SE)."""
+    trainable = ("head", "se")
     return {
-        k: jax.tree_util.tree_map(lambda _: k not in ("head", "se"), v) for k, v in params.items()
+        name: jax.tree_util.tree_map(lambda _, frozen=name not in trainable: frozen, sub)
+        for name, sub in params.items()
     }
 
 
