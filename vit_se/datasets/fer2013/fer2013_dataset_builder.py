@@ -89,12 +89,14 @@ def ferplus_label(votes):
 
 
 def read_csv(path, reader, ferplus_path=None):
-    """Reads fer2013.csv into {split: [(row, label, image, votes)]}.
+    """Reads fer2013.csv; returns (examples, rows_read, dropped).
 
-    Rows are numbered from 0 after the header (FER+'s order); messages give the file line too. A
-    row whose pixels are malformed is recorded on `reader` (an unreadable image); a bad emotion
-    code or Usage fails at once. With `ferplus_path`, labels come from `ferplus_label` and dropped
-    rows are left out (counted in the returned Counter, keyed by (split, reason)).
+    examples is {split: [(row, label, image, votes)]}; rows_read counts the rows of each split as
+    the official counts do (malformed and FER+-dropped rows included); dropped counts the rows
+    FER+ leaves out, keyed by (split, reason). Rows are numbered from 0 after the header (FER+'s
+    order); messages give the file line too. A row whose pixels are malformed is recorded on
+    `reader` like an unreadable image; a bad emotion code or Usage fails at once. With
+    `ferplus_path`, labels come from `ferplus_label` over fer2013new.csv's row of the same index.
     """
     out = {split: [] for split in OFFICIAL_COUNTS}
     read = Counter()
