@@ -232,6 +232,37 @@ def make_train_step(model, tx, lr_schedule, config):
     return train_step
 
 
+def abstract_state(config, model, tx, mesh):
+    """Shapes of the train state and the sharding of every leaf, without computing anything."""
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
+    abstract = jax.eval_shape(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+        abstract_params,
+    )
+    state_sh = sharding.state_shardings(
+        mesh, abstract, config.param_sharding, config.fsdp_pattern, config.fsdp_min_size
+    )
+    return abstract, state_sh
+
+
+def init_state(config, model, tx, state_sh):
+    """A fresh (or pretrained) state placed with `state_sh`."""
+    params = _put(_init_params(config, model), state_sh.params)
+    opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def jit_train_step(model, tx, lr_schedule, config, state_sh, mesh):
+    return jax.jit(
+        make_train_step(model, tx, lr_schedule, config),
+        in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
 def make_eval_step(model, num_classes):
     def eval_step(params, batch):
         logits = model.apply({"params": params}, batch["image"])
@@ -367,39 +398,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lr_schedule = optim.schedule(config, steps_per_epoch, total_steps)
     tx = optim.optimizer(config, lr_schedule)
 
-    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
-    abstract_state = jax.eval_shape(
-        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
-        abstract_params,
-    )
-    state_sh = sharding.state_shardings(
-        mesh, abstract_state, config.param_sharding, config.fsdp_pattern, config.fsdp_min_size
-    )
-
+    abstract, state_sh = abstract_state(config, model, tx, mesh)
     mngr = checkpoint_manager(workdir, config)
     latest = mngr.latest_step()
     if latest is not None:
         target = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state,
-            state_sh,
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
         )
         state = mngr.restore(latest, args=ocp.args.StandardRestore(target))
         logging.info("Resumed from %s at step %d", workdir, latest)
     else:
-        params = _put(_init_params(config, model), state_sh.params)
-        opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
-        step = jax.device_put(jnp.zeros((), jnp.int32), repl)
-        state = TrainState(step=step, params=params, opt_state=opt_state)
+        state = init_state(config, model, tx, state_sh)
     start_step = int(_host(state.step))
 
-    train_step = jax.jit(
-        make_train_step(model, tx, lr_schedule, config),
-        in_shardings=(state_sh, batch_sh),
-        out_shardings=(state_sh, repl),
-        donate_argnums=(0,),
-    )
+    train_step = jit_train_step(model, tx, lr_schedule, config, state_sh, mesh)
     eval_step = jax.jit(
         make_eval_step(model, config.num_classes),
         in_shardings=(state_sh.params, batch_sh),

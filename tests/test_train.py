@@ -1,0 +1,219 @@
+"""The train step: learning, gradient accumulation, devices, processes, freezing, config checks."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import train_worker
+
+from vit_se import checkpoint, optim, sharding, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "train_worker.py")
+# float32 sums in another order (per-device partial sums, micro-batches) differ by a few ulps;
+# after 5 SGD steps at lr 0.1 that stays below 1e-6 here (measured: 8e-8). A wrong reduction
+# (mean over one device's shard, a dropped micro-batch) moves parameters by 1e-3 or more.
+PARAM_ATOL = 1e-6
+LOSS_RTOL = 1e-6
+
+
+def _params(npz):
+    return {k: npz[k] for k in npz if k.startswith("params/")}
+
+
+def _assert_same_run(a, b):
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=LOSS_RTOL)
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pb[k], atol=PARAM_ATOL, err_msg=k)
+
+
+def _worker(tmp_path, name, *args, env=None, devices=1):
+    out = tmp_path / f"{name}.npz"
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    subprocess.run(
+        [sys.executable, WORKER, str(out), *args], check=True, env=env, cwd=ROOT, timeout=300
+    )
+    with np.load(out) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    return _worker(tmp_path_factory.mktemp("one"), "one")
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    config = train_worker.tiny_config()
+    config.learning_rate = 0.05
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    model = train.create_model(config)
+    lr = optim.schedule(config, 10, 30)
+    tx = optim.optimizer(config, lr)
+    _, state_sh = train.abstract_state(config, model, tx, mesh)
+    state = train.init_state(config, model, tx, state_sh)
+    step = train.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    batch = next(train_worker.batches(config, 1))
+    losses = []
+    for _ in range(30):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_accum_steps_equals_one_big_batch(one_device):
+    losses, params, _ = train_worker.run(train_worker.tiny_config(accum=4), steps=5)
+    accumulated = {"losses": losses}
+    accumulated.update({f"params/{k}": v for k, v in checkpoint.flatten(params).items()})
+    _assert_same_run(one_device, accumulated)
+
+
+def test_eight_devices_match_one_device(tmp_path, one_device):
+    eight = _worker(tmp_path, "eight", devices=8)
+    assert int(eight["devices"]) == 8
+    _assert_same_run(one_device, eight)
+
+
+def test_fsdp_matches_and_really_shards(tmp_path, one_device):
+    fsdp = _worker(tmp_path, "fsdp", "--fsdp", devices=8)
+    assert len(fsdp["sharded"]) > 0
+    _assert_same_run(one_device, fsdp)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(tmp_path, one_device):
+    out = tmp_path / "two.npz"
+    port = str(_free_port())
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                WORKER,
+                str(out),
+                "--num_processes=2",
+                f"--process_id={i}",
+                "--port",
+                port,
+            ],
+            env=env,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    with np.load(out) as z:
+        two = {k: z[k] for k in z.files}
+    assert (int(two["devices"]), int(two["processes"])) == (2, 2)
+    _assert_same_run(one_device, two)
+
+
+def test_fsdp_spec_picks_largest_divisible_dim():
+    from jax.sharding import PartitionSpec as P
+
+    assert sharding.fsdp_spec((768, 3072), 8, 1) == P(None, "data")
+    assert sharding.fsdp_spec((12, 64, 768), 8, 1) == P(None, None, "data")
+    assert sharding.fsdp_spec((7,), 8, 1) == P()
+    assert sharding.fsdp_spec((768,), 8, 10_000) == P()
+
+
+def test_freeze_backbone_trains_only_head_and_se():
+    config = train_worker.tiny_config()
+    config.freeze_backbone_steps = 3
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    model = train.create_model(config)
+    lr = optim.schedule(config, 10, 10)
+    tx = optim.optimizer(config, lr)
+    _, state_sh = train.abstract_state(config, model, tx, mesh)
+    state = train.init_state(config, model, tx, state_sh)
+    before = jax.tree_util.tree_map(np.array, state.params)
+    step = train.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    batches = train_worker.batches(config, 4)
+    for _ in range(3):
+        state, _ = step(state, next(batches))
+    frozen = jax.tree_util.tree_map(np.array, state.params)
+    np.testing.assert_array_equal(frozen["embedding"]["kernel"], before["embedding"]["kernel"])
+    assert not np.array_equal(frozen["head"]["kernel"], before["head"]["kernel"])
+    assert not np.array_equal(frozen["se"]["reduce"]["kernel"], before["se"]["reduce"]["kernel"])
+    state, _ = step(state, next(batches))  # step 3: the backbone is released
+    assert not np.array_equal(
+        np.asarray(state.params["embedding"]["kernel"]), before["embedding"]["kernel"]
+    )
+
+
+@pytest.mark.parametrize(
+    "name,lr0,lr_later",
+    [("cosine", 0.0, None), ("linear", 0.0, None), ("step", 0.0, 0.2), ("constant", 0.0, 1.0)],
+)
+def test_schedules_warm_up_then_decay(name, lr0, lr_later):
+    config = train_worker.tiny_config()
+    config.learning_rate = 1.0
+    config.schedule = name
+    config.warmup_steps = 10
+    config.step_decay_every_epochs = 1.0
+    config.step_decay_factor = 0.2
+    sched = optim.schedule(config, steps_per_epoch=20, total_steps=110)
+    assert float(sched(0)) == lr0
+    assert float(sched(10)) == pytest.approx(1.0)
+    if lr_later is not None:
+        assert float(sched(35)) == pytest.approx(lr_later)  # 25 steps after warmup
+    if name in ("cosine", "linear"):
+        assert float(sched(110)) == pytest.approx(0.0, abs=1e-6)
+
+
+# ----- config errors: one line, before any compilation -----
+
+
+def _config(**overrides):
+    config = train_worker.tiny_config()
+    for k, v in overrides.items():
+        config[k] = v
+    return config
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            {"dataset": "affectnet"},
+            r"config\.dataset: unknown dataset 'affectnet'; expected one of",
+        ),
+        ({"batch_size": 10, "accum_steps": 4}, r"batch_size 10 must split into accum_steps 4"),
+        ({"image_size": 18}, r"image_size 18 is not a multiple of the patch size 4"),
+        ({"pretrained_path": "/nonexistent/ViT-B_16.npz"}, r"/nonexistent/ViT-B_16\.npz does not"),
+        ({"init_from": "/nonexistent/run"}, r"/nonexistent/run/params\.npz does not exist"),
+    ],
+)
+def test_bad_config_is_one_line(tmp_path, overrides, message):
+    with pytest.raises(train.ConfigError, match=message) as e:
+        train.validate_config(_config(**overrides), str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_model_name():
+    config = _config()
+    config.model.name = "Z/3"
+    with pytest.raises(train.ConfigError, match=r"config\.model\.name: unknown model name 'Z/3'"):
+        train.validate_config(config, "/tmp/unused")
+
+
+def test_workdir_with_another_models_checkpoint(tmp_path):
+    config = _config()
+    (tmp_path / "checkpoints" / "100").mkdir(parents=True)
+    train._write_json(
+        str(tmp_path / train.RUN_CONFIG),
+        {"model_identity": {**train._model_identity(config), "hidden_size": 768}},
+    )
+    with pytest.raises(train.ConfigError, match=r"holds checkpoints of another model.*768"):
+        train.validate_config(config, str(tmp_path))
