@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import train_worker
 
-from vit_se import checkpoint, optim, sharding, train
+from vit_se import checkpoint, optim, sharding, train, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
@@ -53,16 +53,16 @@ def test_loss_decreases_on_a_fixed_batch():
     config = train_worker.tiny_config()
     config.learning_rate = 0.05
     mesh = sharding.make_mesh(jax.devices()[:1])
-    model = train.create_model(config)
+    model = train_step.create_model(config)
     lr = optim.schedule(config, 10, 30)
     tx = optim.optimizer(config, lr)
-    _, state_sh = train.abstract_state(config, model, tx, mesh)
-    state = train.init_state(config, model, tx, state_sh)
-    step = train.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
+    state = train_step.init_state(config, model, tx, state_sh)
+    step_fn = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
     batch = next(train_worker.batches(config, 1))
     losses = []
     for _ in range(30):
-        state, m = step(state, batch)
+        state, m = step_fn(state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -132,21 +132,21 @@ def test_freeze_backbone_trains_only_head_and_se():
     config = train_worker.tiny_config()
     config.freeze_backbone_steps = 3
     mesh = sharding.make_mesh(jax.devices()[:1])
-    model = train.create_model(config)
+    model = train_step.create_model(config)
     lr = optim.schedule(config, 10, 10)
     tx = optim.optimizer(config, lr)
-    _, state_sh = train.abstract_state(config, model, tx, mesh)
-    state = train.init_state(config, model, tx, state_sh)
+    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
+    state = train_step.init_state(config, model, tx, state_sh)
     before = jax.tree_util.tree_map(np.array, state.params)
-    step = train.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    step_fn = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
     batches = train_worker.batches(config, 4)
     for _ in range(3):
-        state, _ = step(state, next(batches))
+        state, _ = step_fn(state, next(batches))
     frozen = jax.tree_util.tree_map(np.array, state.params)
     np.testing.assert_array_equal(frozen["embedding"]["kernel"], before["embedding"]["kernel"])
     assert not np.array_equal(frozen["head"]["kernel"], before["head"]["kernel"])
     assert not np.array_equal(frozen["se"]["reduce"]["kernel"], before["se"]["reduce"]["kernel"])
-    state, _ = step(state, next(batches))  # step 3: the backbone is released
+    state, _ = step_fn(state, next(batches))  # step 3: the backbone is released
     assert not np.array_equal(
         np.asarray(state.params["embedding"]["kernel"]), before["embedding"]["kernel"]
     )

@@ -50,7 +50,8 @@ def batches(config, steps, seed=0):
 
 
 def run(config, steps):
-    from vit_se import input_pipeline, optim, sharding, train
+    from vit_se import input_pipeline, optim, sharding
+    from vit_se import train_step as train
 
     mesh = sharding.make_mesh()
     model = train.create_model(config)

@@ -1,0 +1,156 @@
+"""The jitted train step and the sharded train state it updates.
+
+Kept free of TensorFlow and of the input pipeline so that benchmarks and accelerator checks can
+build exactly the step the trainer runs on a machine that has only JAX.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vit_se import checkpoint as ckpt_lib
+from vit_se import models, sharding
+
+EXPORT_PARAMS = "params.npz"
+
+
+def create_model(config, **overrides):
+    return models.build_model(config.model, config.num_classes, **overrides)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def _backbone_mask(params):
+    """True for parameters frozen during `freeze_backbone_steps` (all but head and SE)."""
+    trainable = ("head", "se")
+    return {
+        name: jax.tree_util.tree_map(lambda _, frozen=name not in trainable: frozen, sub)
+        for name, sub in params.items()
+    }
+
+
+def make_train_step(model, tx, lr_schedule, config):
+    num_classes = config.num_classes
+    accum = int(config.accum_steps)
+    base_rng = jax.random.PRNGKey(config.seed + 1)
+
+    def loss_fn(params, images, targets, rng):
+        logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
+        return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(base_rng, state.step)
+        labels = batch["label"]
+        targets = jax.nn.one_hot(labels, num_classes)
+        if config.label_smoothing:
+            targets = optax.smooth_labels(targets, config.label_smoothing)
+        if accum == 1:
+            (loss, logits), grads = grad_fn(state.params, batch["image"], targets, rng)
+            correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        else:
+            # Micro-batch i takes every accum-th example, so no example leaves its device.
+            def split(x):
+                x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
+                return jnp.swapaxes(x, 0, 1)
+
+            micro = (split(batch["image"]), split(targets), split(labels), jnp.arange(accum))
+
+            def body(carry, xs):
+                g_sum, l_sum, c_sum = carry
+                x, t, lb, i = xs
+                (loss_i, logits_i), g = grad_fn(state.params, x, t, jax.random.fold_in(rng, i))
+                g_sum = jax.tree_util.tree_map(jnp.add, g_sum, g)
+                c_sum = c_sum + jnp.sum(jnp.argmax(logits_i, -1) == lb)
+                return (g_sum, l_sum + loss_i, c_sum), None
+
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+            (grads, loss, correct), _ = jax.lax.scan(body, init, micro)
+            grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+            loss = loss / accum
+        if config.freeze_backbone_steps:
+            frozen = state.step < config.freeze_backbone_steps
+            mask = _backbone_mask(state.params)
+            grads = jax.tree_util.tree_map(lambda g, m: jnp.where(frozen & m, 0.0, g), grads, mask)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if config.freeze_backbone_steps:
+            updates = jax.tree_util.tree_map(
+                lambda u, m: jnp.where(frozen & m, 0.0, u), updates, mask
+            )
+        params = optax.apply_updates(state.params, updates)
+        out = {
+            "loss": loss,
+            "accuracy": correct / labels.shape[0],
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": lr_schedule(state.step),
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
+
+    return train_step
+
+
+def abstract_state(config, model, tx, mesh):
+    """Shapes of the train state and the sharding of every leaf, without computing anything."""
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
+    abstract = jax.eval_shape(
+        lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+        abstract_params,
+    )
+    state_sh = sharding.state_shardings(
+        mesh, abstract, config.param_sharding, config.fsdp_pattern, config.fsdp_min_size
+    )
+    return abstract, state_sh
+
+
+def init_state(config, model, tx, state_sh):
+    """A fresh (or pretrained) state placed with `state_sh`."""
+    params = _put(_init_params(config, model), state_sh.params)
+    opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
+    return TrainState(step=step, params=params, opt_state=opt_state)
+
+
+def jit_train_step(model, tx, lr_schedule, config, state_sh, mesh):
+    return jax.jit(
+        make_train_step(model, tx, lr_schedule, config),
+        in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+        out_shardings=(state_sh, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def _init_params(config, model):
+    """Fresh parameters, then an official checkpoint or an earlier run's export on top."""
+    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), dummy)["params"]
+    params = jax.tree_util.tree_map(np.asarray, params)
+    source = config.get("pretrained_path") or (
+        os.path.join(config.init_from, EXPORT_PARAMS) if config.get("init_from") else None
+    )
+    if source:
+        params = ckpt_lib.load_pretrained(source, params)
+    return params
+
+
+def _put(tree, shardings):
+    """Host numpy (identical on every process) -> global arrays with the given shardings."""
+    return jax.tree_util.tree_map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+        tree,
+        shardings,
+    )
