@@ -100,6 +100,8 @@ def test_demo_reaches_its_stated_accuracy(tmp_path):
 def test_short_run_exports_and_counts_every_example(uninterrupted):
     info, params = _export(uninterrupted)
     assert info["step"] == 120
+    assert info["best_step"] in (60, 120)  # selected on val_split, exported beside the final
+    assert os.path.exists(os.path.join(uninterrupted, "best_params.npz"))
     assert info["metrics"]["val"]["num_examples"] == 21  # train[90%:] of 210
     assert info["metrics"]["test"]["num_examples"] == 42
     assert "se/reduce/kernel" in params and params["head/kernel"].shape == (64, 7)

@@ -107,7 +107,11 @@ def _resize(image, size):
 
 def eval_preprocess(encoded, config):
     """Deterministic resize (and centre crop after five-crop training) to [-1, 1]."""
-    image = _decode(encoded)
+    return eval_transform(_decode(encoded), config)
+
+
+def eval_transform(image, config):
+    """`eval_preprocess` on a decoded uint8 HxWx3 image; predict and analyze call it too."""
     size = config.image_size
     if config.augment.crop == "five_crop":
         big = _resize_to(config)

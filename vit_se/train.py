@@ -38,6 +38,7 @@ from vit_se.train_step import (
 
 EXPORT_INFO = "export.json"
 RUN_CONFIG = "config.json"
+BEST_PARAMS = "best_params.npz"
 
 
 class ConfigError(ValueError):
@@ -206,12 +207,12 @@ def checkpoint_manager(workdir, config):
     return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
 
 
-def export(params, config, workdir, extra):
+def export(params, config, workdir, extra, params_file=EXPORT_PARAMS):
     """Writes params.npz (vit_jax-style keys) and export.json: all predict/evaluate need."""
     params = jax.experimental.multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() != 0:
         return
-    ckpt_lib.save_npz(params, os.path.join(workdir, EXPORT_PARAMS))
+    ckpt_lib.save_npz(params, os.path.join(workdir, params_file))
     info = {
         "model": config.model.to_dict(),
         "num_classes": config.num_classes,
@@ -290,10 +291,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     abstract, state_sh = abstract_state(config, model, tx, mesh)
     mngr = checkpoint_manager(workdir, config)
     latest = mngr.latest_step()
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
+    )
     if latest is not None:
-        target = jax.tree_util.tree_map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
-        )
         state = mngr.restore(latest, args=ocp.args.StandardRestore(target))
         logging.info("Resumed from %s at step %d", workdir, latest)
     else:
@@ -384,12 +385,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             for name, data in eval_data.items()
         }
     best_step = _best_step(mngr, config.selection_metric)
-    export(
-        state.params,
-        config,
-        workdir,
-        {"step": total_steps, "best_step": best_step, "metrics": final},
-    )
+    extra = {"step": total_steps, "best_step": best_step, "metrics": final}
+    export(state.params, config, workdir, extra)
+    if best_step is not None:
+        # The model selected on val_split, for evaluate/predict --params=best_params.npz.
+        best = mngr.restore(best_step, args=ocp.args.StandardRestore(target))
+        export(best.params, config, workdir, extra, params_file=BEST_PARAMS)
     writer.flush()
     mngr.close()
     val = final.get("val", {})

@@ -52,9 +52,7 @@ def draw_face(label, size=96, rng=None, rgb=False, background=None):
         inner, outer = ex - side * r * 0.2, ex + side * r * 0.22
         d.line([(inner, by + tilt * r * 0.1), (outer, by - tilt * r * 0.1)], fill=ink, width=lw)
     my, mw = cy + r * 0.45, r * 0.35 * mouth_w
-    pts = [
-        (cx + t * mw, my + curve * r * 0.18 * (1 - t * t)) for t in np.linspace(-1, 1, 15)
-    ]
+    pts = [(cx + t * mw, my + curve * r * 0.18 * (1 - t * t)) for t in np.linspace(-1, 1, 15)]
     if mouth_open > 0:
         lower = [(x, y + mouth_open * r * 0.22 * (1 - ((x - cx) / mw) ** 2)) for x, y in pts]
         d.polygon(pts + lower[::-1], fill=ink)
