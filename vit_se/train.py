@@ -203,7 +203,13 @@ def checkpoint_manager(workdir, config):
             ),
         ]
     )
-    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
+    # best_fn makes orbax store the metrics with each checkpoint (and rank them for best_step).
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        best_fn=lambda m: m[config.selection_metric],
+        best_mode="max",
+        create=True,
+    )
     return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
 
 
@@ -384,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             name: evaluate(eval_step, state.params, data, batch_sh, config.num_classes)
             for name, data in eval_data.items()
         }
-    best_step = _best_step(mngr, config.selection_metric)
+    best_step = mngr.best_step() if eval_data.get("val") else None
     extra = {"step": total_steps, "best_step": best_step, "metrics": final}
     export(state.params, config, workdir, extra)
     if best_step is not None:
@@ -401,15 +407,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         val.get("mean_class_accuracy", float("nan")),
     )
     return final
-
-
-def _best_step(mngr, metric):
-    scored = []
-    for step in mngr.all_steps():
-        m = mngr.metrics(step)
-        if m and metric in m:
-            scored.append((m[metric], step))
-    return max(scored)[1] if scored else None
 
 
 def _flat(d, prefix=""):
