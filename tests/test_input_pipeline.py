@@ -1,0 +1,119 @@
+"""The input pipeline: a resumable training stream, exact evaluation, augmentation contracts."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import common
+from vit_se import input_pipeline
+from vit_se.datasets import registry
+from vit_se.datasets.raf_db.fake_data import write_fake_raf_db
+
+NUM_TRAIN, NUM_TEST = 35, 17
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raf")
+    write_fake_raf_db(str(root / "manual"), num_train=NUM_TRAIN, num_test=NUM_TEST, aligned_size=40)
+    b = registry.load_builder("raf_db", data_dir=str(root / "tfds"), config="aligned")
+    b.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual"))
+    )
+    return b
+
+
+def _config(**augment):
+    config = common.get_config()
+    config.dataset = "raf_db"
+    config.image_size = 32
+    config.shuffle_buffer = 1000
+    for k, v in augment.items():
+        config.augment[k] = v
+    return config
+
+
+def _take(ds, n):
+    return [b for _, b in zip(range(n), ds.as_numpy_iterator(), strict=False)]
+
+
+def test_training_stream_resumes_at_any_step(builder):
+    config = _config(rotation=10.0)
+    full = _take(input_pipeline.train_dataset(builder, config, local_batch=8), 10)
+    resumed = _take(input_pipeline.train_dataset(builder, config, 8, start_step=6), 4)
+    for a, b in zip(full[6:], resumed, strict=True):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    # Epochs are reshuffled: the 35 examples of epoch 2 come in another order than epoch 1.
+    labels = np.concatenate([b["label"] for b in full])
+    assert not np.array_equal(labels[:32], labels[35:67])
+
+
+def test_augmented_batches_have_the_model_contract(builder):
+    batch = _take(input_pipeline.train_dataset(builder, _config(), 8), 1)[0]
+    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+    assert batch["label"].dtype == np.int64
+    other_seed = _config()
+    other_seed.seed = 1
+    batch2 = _take(input_pipeline.train_dataset(builder, other_seed, 8), 1)[0]
+    assert not np.array_equal(batch["image"], batch2["image"])
+
+
+@pytest.mark.parametrize("crop", ["random_resized", "five_crop", "none"])
+def test_every_crop_mode_runs(builder, crop):
+    batch = _take(input_pipeline.train_dataset(builder, _config(crop=crop), 4), 1)[0]
+    assert batch["image"].shape == (4, 32, 32, 3)
+
+
+def test_cutout_fills_a_square_with_grey():
+    config = _config(
+        crop="none", flip=False, color_jitter=0.0, grayscale=0.0, rotation=0.0, cutout=8
+    )
+    encoded = tf.io.encode_png(tf.fill([32, 32, 3], tf.constant(255, tf.uint8)))
+    image = input_pipeline.train_preprocess(encoded, tf.constant(3, tf.int64), config, 0).numpy()
+    grey = np.all(image == 0.0, axis=-1)  # 127.5 -> 0.0 in [-1, 1]
+    assert 16 <= grey.sum() <= 64  # an 8x8 square, possibly clipped by the border
+    assert np.all(image[~grey] == 1.0)
+
+
+def test_evaluation_counts_every_example_once(builder):
+    config = _config()
+    data = input_pipeline.eval_dataset(builder, config, "test", local_batch=8)
+    assert data.num_batches == 3 and data.num_examples == NUM_TEST
+    labels, masks = [], []
+    for batch in data.dataset.as_numpy_iterator():
+        assert batch["image"].shape == (8, 32, 32, 3)
+        labels.append(batch["label"])
+        masks.append(batch["mask"])
+    labels, masks = np.concatenate(labels), np.concatenate(masks)
+    assert masks.sum() == NUM_TEST and np.all(masks[:NUM_TEST] == 1)
+    expected = [int(ex["label"]) for ex in tfds.as_numpy(builder.as_dataset(split="test"))]
+    np.testing.assert_array_equal(labels[:NUM_TEST], expected)
+
+
+def test_eval_transform_centre_crops_after_five_crop_training():
+    config = _config(crop="five_crop", resize_to=256)
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = 255  # left half white
+    out = input_pipeline.eval_transform(tf.constant(image), config).numpy()
+    assert out.shape == (32, 32, 3)
+    # Resize to round(256 * 32 / 224) = 37, then the centre 32x32: the edge stays at column 16.
+    np.testing.assert_allclose(out[:, 14], 1.0, atol=1e-3)
+    np.testing.assert_allclose(out[:, 18], -1.0, atol=1e-3)
+
+
+def test_class_balanced_sampling_draws_every_class(builder):
+    config = _config()
+    config.class_balanced = True
+    batches = _take(input_pipeline.train_dataset(builder, config, 8), 20)
+    counts = np.bincount(np.concatenate([b["label"] for b in batches]), minlength=7)
+    assert np.all(counts > 0) and counts.max() < 3 * counts.min(), counts
+
+
+def test_face_crop_in_the_pipeline_keeps_shapes(builder):
+    config = _config()
+    config.face_crop = True
+    batch = _take(input_pipeline.train_dataset(builder, config, 4), 1)[0]
+    assert batch["image"].shape == (4, 32, 32, 3)
