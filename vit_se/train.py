@@ -263,8 +263,12 @@ def _maybe_write_fake_data(config):
 # The loop.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains, evaluates, checkpoints and exports; returns the final metrics."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress=None) -> dict:
+    """Trains, evaluates, checkpoints and exports; returns the final metrics.
+
+    `progress(step, total_steps, evaluated)` is called after every step (`evaluated` holds the
+    metrics of an evaluation at that step, else None): notebooks draw their progress bar with it.
+    """
     config = resolve_splits(config)
     validate_config(config, workdir)
     tf.io.gfile.makedirs(workdir)
@@ -384,6 +388,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 else None
             )
             mngr.save(step, args=ocp.args.StandardSave(state), metrics=ckpt_metrics)
+        if progress is not None:
+            progress(step, total_steps, evaluated)
     mngr.wait_until_finished()
     if not final:  # resumed after the last step: evaluate the restored state
         final = {
