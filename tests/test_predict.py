@@ -1,0 +1,280 @@
+"""`python -m vit_se.predict` and `predict_paths` on a tiny trained run.
+
+One short real training run (the demo config, a few steps) is made per module; inputs are drawn
+faces saved as PNG/JPEG (RGB and gray, a nested folder), a short MJPG video written with OpenCV,
+and broken files. Checks: the rows (count, order, frame indices, columns, probabilities summing to
+1), that predictions equal the model applied to `inference.preprocess` (the evaluation transform),
+that video frames reach the model as RGB, bad-file reporting, and the --npz/--labels path.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from vit_se import inference, predict
+from vit_se.datasets.labels import CLASS_NAMES
+from vit_se.datasets.synthetic_faces import draw_face, save_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLUMNS = ["file", "frame", "predicted", "confidence", *CLASS_NAMES]
+VIDEO_FRAMES = 10
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_run")
+    w = str(root / "work")
+    r = _run(
+        "-m",
+        "vit_se.main",
+        "--config=configs/demo.py",
+        f"--workdir={w}",
+        f"--config.manual_dir={root}/data/manual",
+        f"--config.data_dir={root}/data/tfds",
+        "--config.num_train_steps=30",
+        "--config.fake_data.num_train=70",
+        "--config.fake_data.num_test=14",
+        "--config.eval_every=30",
+        "--config.checkpoint_every=30",
+        "--config.log_every=10",
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return w
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    return inference.load_trained(workdir)
+
+
+def write_video(path, frames, fps=10):
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened(), "OpenCV cannot write MJPG .avi here"
+    for rgb in frames:
+        writer.write(np.ascontiguousarray(rgb[..., ::-1]))  # OpenCV wants BGR
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    faces = root / "faces"
+    (faces / "nested" / "deeper").mkdir(parents=True)
+    images = {
+        "a0.png": draw_face(0, 64, rng, rgb=True),
+        "a1.jpg": draw_face(3, 80, rng, rgb=True),
+        "a2_gray.png": draw_face(5, 64, rng, rgb=False),
+        "nested/c.jpeg": draw_face(4, 72, rng, rgb=True),
+        "nested/deeper/b.png": draw_face(6, 64, rng, rgb=True),
+    }
+    for name, image in images.items():
+        save_image(image, faces / name)
+    (faces / "notes.txt").write_text("not an image")  # ignored: no image extension
+    save_image(draw_face(1, 64, rng), faces / ".hidden.png")  # ignored: hidden
+    clip = root / "clip.avi"
+    write_video(clip, [draw_face(i % 7, 64, rng, rgb=True) for i in range(VIDEO_FRAMES)])
+    bad = root / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    # os.walk order: files of a folder (sorted) before its sub-folders.
+    order = ["a0.png", "a1.jpg", "a2_gray.png", "nested/c.jpeg", "nested/deeper/b.png"]
+    return {
+        "root": root,
+        "faces": str(faces),
+        "image_files": [str(faces / n) for n in order],
+        "clip": str(clip),
+        "bad": str(bad),
+    }
+
+
+def _check_row(row, class_names):
+    p = np.array([row[c] for c in class_names])
+    assert abs(p.sum() - 1) < 1e-5
+    assert row["predicted"] == class_names[int(np.argmax(p))]
+    assert row["confidence"] == pytest.approx(p.max())
+
+
+def test_predict_paths_folder_and_video_rows(trained, inputs):
+    rows = predict.predict_paths(
+        trained, [inputs["faces"], inputs["clip"]], batch_size=4, every_nth_frame=3
+    )
+    files = inputs["image_files"]
+    assert [r["file"] for r in rows] == files + [inputs["clip"]] * 4
+    assert [r["frame"] for r in rows] == [None] * len(files) + [0, 3, 6, 9]
+    for row in rows:
+        assert list(row) == COLUMNS
+        _check_row(row, CLASS_NAMES)
+    # The same numbers as the model on the evaluation transform of each file, one at a time:
+    # preprocessing is evaluation's, and batching/padding changes nothing.
+    x = np.stack([inference.preprocess(inference.read_image(f), trained.info) for f in files])
+    want = trained.probabilities(x)
+    got = np.array([[r[c] for c in CLASS_NAMES] for r in rows[: len(files)]])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    one_by_one = predict.predict_paths(trained, [inputs["clip"]], batch_size=1, every_nth_frame=3)
+    np.testing.assert_allclose(
+        [[r[c] for c in CLASS_NAMES] for r in one_by_one],
+        [[r[c] for c in CLASS_NAMES] for r in rows[len(files) :]],
+        atol=1e-5,
+    )
+
+
+def test_video_frames_are_sampled_and_reach_the_model_as_rgb(tmp_path):
+    red = np.zeros((32, 32, 3), np.uint8)
+    red[..., 0] = 230
+    path = tmp_path / "red.avi"
+    write_video(path, [red] * 7)
+    items = list(predict.iter_inputs([str(path)], every_nth_frame=1))
+    assert [i[1] for i in items] == list(range(7))
+    for _, _, frame, error in items:
+        assert error is None and frame.shape == (32, 32, 3)
+        r, g, b = frame.reshape(-1, 3).mean(0)
+        assert r > 200 and g < 40 and b < 40, (r, g, b)
+    assert [i[1] for i in predict.iter_inputs([str(path)], every_nth_frame=4)] == [0, 4]
+
+
+def test_unreadable_inputs_are_listed_or_skipped(trained, inputs, tmp_path):
+    garbage_video = tmp_path / "garbage.mp4"
+    garbage_video.write_bytes(os.urandom(3000))
+    paths = [inputs["image_files"][0], inputs["bad"], str(tmp_path / "missing.jpg")]
+    with pytest.raises(predict.BadImagesError) as e:
+        predict.predict_paths(trained, [*paths, str(garbage_video)])
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("3 unreadable input(s)")
+    assert lines[1].startswith(f"{inputs['bad']}: cannot decode image")
+    assert lines[2] == f"{tmp_path / 'missing.jpg'}: no such file"
+    assert lines[3].startswith(f"{garbage_video}: cannot ")
+    bad = []
+    rows = predict.predict_paths(trained, paths, skip_bad=True, bad=bad)
+    assert [r["file"] for r in rows] == paths[:1] and len(bad) == 2
+
+
+def test_cli_writes_table_and_csv(workdir, inputs, tmp_path):
+    out = tmp_path / "out" / "preds.csv"
+    r = _run(
+        "-m",
+        "vit_se.predict",
+        f"--workdir={workdir}",
+        "--params=best_params.npz",
+        "--batch_size=4",
+        "--every_nth_frame=3",
+        f"--out={out}",
+        inputs["faces"],
+        inputs["clip"],
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == COLUMNS
+    body = table[1:]
+    assert len(body) == 5 + 4
+    assert [row[1] for row in body] == [""] * 5 + ["0", "3", "6", "9"]
+    for row in body:
+        assert abs(sum(float(v) for v in row[4:]) - 1) < 1e-5
+        assert row[2] in CLASS_NAMES
+    assert os.listdir(out.parent) == ["preds.csv"]  # no temporary file left behind
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["file", "frame", "predicted", "confidence"]
+    last = lines[2 + 8].split()
+    assert last[:2] == [inputs["clip"], "9"] and last[2] in CLASS_NAMES
+    assert f"wrote 9 prediction(s) to {out}" in r.stdout
+
+
+def test_cli_bad_file_fails_naming_it_and_writes_nothing(workdir, inputs, tmp_path):
+    out = tmp_path / "preds.json"
+    good = inputs["image_files"][0]
+    r = _run("-m", "vit_se.predict", f"--workdir={workdir}", f"--out={out}", good, inputs["bad"])
+    assert r.returncode == 1
+    tail = r.stderr.strip().splitlines()[-2:]
+    assert tail[0] == ("vit_se.predict: 1 unreadable input(s) (pass --skip_bad to skip them):"), (
+        r.stderr[-2000:]
+    )
+    assert tail[1].startswith(f"{inputs['bad']}: cannot decode image (")
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_cli_official_npz_with_labels_file_and_skip_bad(workdir, trained, inputs, tmp_path):
+    """--npz/--variant/--labels_file on the run's params.npz (vit_jax layout) + --skip_bad."""
+    labels = tmp_path / "labels.txt"
+    names = [f"expr_{n}" for n in CLASS_NAMES]
+    labels.write_text("\n".join(names) + "\n")
+    out = tmp_path / "preds.json"
+    good = inputs["image_files"][:2]
+    r = _run(
+        "-m",
+        "vit_se.predict",
+        f"--npz={workdir}/params.npz",
+        "--variant=tiny/8",
+        "--use_se",
+        "--image_size=48",
+        f"--labels_file={labels}",
+        "--skip_bad",
+        f"--out={out}",
+        good[0],
+        inputs["bad"],
+        good[1],
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "skipped 1 unreadable input(s):" in r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["class_names"] == names and doc["columns"] == COLUMNS[:4] + names
+    assert doc["num_predictions"] == 2 and len(doc["skipped"]) == 1
+    assert doc["skipped"][0].startswith(f"{inputs['bad']}: ")
+    rows = doc["predictions"]
+    assert [row["file"] for row in rows] == good and rows[0]["frame"] is None
+    want = predict.predict_paths(trained, good)
+    for row, ref in zip(rows, want, strict=True):
+        _check_row(row, names)
+        np.testing.assert_allclose(
+            [row[n] for n in names], [ref[c] for c in CLASS_NAMES], atol=1e-5
+        )
+
+
+def test_cli_official_npz_with_labels_list(workdir, inputs, tmp_path):
+    out = tmp_path / "p.csv"
+    r = _run(
+        "-m",
+        "vit_se.predict",
+        f"--npz={workdir}/params.npz",
+        "--variant=tiny/8",
+        "--use_se",
+        "--image_size=48",
+        "--labels=" + ",".join(CLASS_NAMES),
+        f"--out={out}",
+        inputs["clip"],
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out, newline="") as f:
+        table = list(csv.reader(f))
+    assert table[0] == COLUMNS
+    assert [row[1] for row in table[1:]] == [str(i) for i in range(VIDEO_FRAMES)]
+
+
+def test_flag_errors(workdir):
+    r = _run("-m", "vit_se.predict", f"--workdir={workdir}", "--out=x.txt", "a.png")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "vit_se.predict: --out must end with .csv or .json, got 'x.txt'"
+    )
