@@ -363,24 +363,28 @@ def analyze_files(
 # Command line.
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
-flags.DEFINE_string(
-    "params",
-    None,
-    "Parameter file in --workdir; default best_params.npz if present, else params.npz.",
-)
-flags.DEFINE_string("npz", None, "An official-format .npz instead of --workdir.")
-flags.DEFINE_string("variant", "B/16", "Model variant of --npz.")
-flags.DEFINE_list("labels", None, "Class names of --npz's head, in order.")
-flags.DEFINE_integer("image_size", 224, "Input size of --npz.")
-flags.DEFINE_bool("use_se", False, "--npz has an SE block (a vit_se export).")
-flags.DEFINE_string("out", None, "Output folder; default <workdir>/analysis or ./analysis.")
-flags.DEFINE_string("class_name", None, "Grad-CAM class; default each image's predicted class.")
-flags.DEFINE_integer("layer", -1, "Grad-CAM block (its normalised input tokens); -1 the last.")
-flags.DEFINE_enum("head_fusion", "mean", list(attention.HEAD_FUSIONS), "Rollout head fusion.")
-flags.DEFINE_float("alpha", 0.5, "Overlay opacity.")
-flags.DEFINE_string("cmap", "jet", "Matplotlib colour map of the overlays (jet, inferno, ...).")
-flags.DEFINE_integer("batch_size", attention.DEFAULT_BATCH_SIZE, "Images per forward pass.")
+
+
+def define_flags():
+    """Flags of the command (defined only when run as a program, so others can import this)."""
+    flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
+    flags.DEFINE_string(
+        "params",
+        None,
+        "Parameter file in --workdir; default best_params.npz if present, else params.npz.",
+    )
+    flags.DEFINE_string("npz", None, "An official-format .npz instead of --workdir.")
+    flags.DEFINE_string("variant", "B/16", "Model variant of --npz.")
+    flags.DEFINE_list("labels", None, "Class names of --npz's head, in order.")
+    flags.DEFINE_integer("image_size", 224, "Input size of --npz.")
+    flags.DEFINE_bool("use_se", False, "--npz has an SE block (a vit_se export).")
+    flags.DEFINE_string("out", None, "Output folder; default <workdir>/analysis or ./analysis.")
+    flags.DEFINE_string("class_name", None, "Grad-CAM class; default each image's predicted class.")
+    flags.DEFINE_integer("layer", -1, "Grad-CAM block (its normalised input tokens); -1 the last.")
+    flags.DEFINE_enum("head_fusion", "mean", list(attention.HEAD_FUSIONS), "Rollout head fusion.")
+    flags.DEFINE_float("alpha", 0.5, "Overlay opacity.")
+    flags.DEFINE_string("cmap", "jet", "Matplotlib colour map of the overlays (jet, inferno, ...).")
+    flags.DEFINE_integer("batch_size", attention.DEFAULT_BATCH_SIZE, "Images per forward pass.")
 
 
 def load_model(
@@ -443,4 +447,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
