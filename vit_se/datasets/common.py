@@ -38,6 +38,16 @@ def check_manual_dir(manual_dir, dataset_name, hint):
     return path
 
 
+def manual_dir(dl_manager, dataset_name, hint):
+    """The checked manual dir of a build.
+
+    Read before tfds' own `dl_manager.manual_dir` property, which fails on a missing folder with a
+    multi-line AssertionError; ours names the folder and the expected files in one line.
+    """
+    path = getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir
+    return check_manual_dir(path, dataset_name, hint)
+
+
 def decode_image(path_or_file, name=None):
     """Decodes an image file to uint8 HxWxC with C = 1 (gray) or 3 (RGB), as stored.
 

@@ -221,10 +221,7 @@ folder instead: DIR/CK+48/{anger,contempt,disgust,fear,happy,sadness,surprise}/S
     def _split_generators(self, dl_manager):
         config = self.builder_config
         hint = "CK+48/<class>/*.png" if config.ck48 else f"{IMAGES_DIR}/ and {EMOTION_DIR}/"
-        # Checked before tfds' own `dl_manager.manual_dir`, which asserts with a long message.
-        manual_dir = common.check_manual_dir(
-            getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir, NAME, hint
-        )
+        manual_dir = common.manual_dir(dl_manager, NAME, hint)
         if config.ck48:
             items = self._ck48_items(dl_manager, manual_dir)
         else:

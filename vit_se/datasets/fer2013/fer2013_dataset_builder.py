@@ -256,10 +256,7 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
         )
 
     def _split_generators(self, dl_manager):
-        # tfds' own check raises a multi-line AssertionError; ours names the folder in one line.
-        manual_dir = common.check_manual_dir(
-            getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir, NAME, _HINT
-        )
+        manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
         reader = common.ImageReader(NAME, self._skip_bad_images)
         source = self.builder_config.source
         if source == "folders":

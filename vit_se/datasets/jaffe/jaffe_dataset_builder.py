@@ -127,10 +127,7 @@ __MACOSX) are ignored.
         )
 
     def _split_generators(self, dl_manager):
-        # Checked before tfds' own `dl_manager.manual_dir`, which asserts with a long message.
-        manual_dir = common.check_manual_dir(
-            getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir, NAME, _HINT
-        )
+        manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
         paths = _find_tiffs(manual_dir)
         if not paths:
             for root in common.extract_archives(dl_manager, manual_dir):

@@ -146,10 +146,7 @@ DIR/basic/basic/... (some downloads nest it). Config `aligned` needs only the al
         )
 
     def _split_generators(self, dl_manager):
-        # tfds' own check raises a multi-line AssertionError; ours names the folder in one line.
-        manual_dir = common.check_manual_dir(
-            getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir, NAME, _HINT
-        )
+        manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
         basic = _find_basic(manual_dir, dl_manager)
         entries = read_label_file(os.path.join(basic, LIST_FILE))
         image_dir = _find_images(basic, self.builder_config.images, dl_manager)

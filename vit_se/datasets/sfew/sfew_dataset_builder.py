@@ -128,10 +128,7 @@ at its top or inside one folder. Test/ (no public labels) is not read.
         )
 
     def _split_generators(self, dl_manager):
-        # tfds' own check raises a multi-line AssertionError; ours names the folder in one line.
-        manual_dir = common.check_manual_dir(
-            getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir, NAME, _HINT
-        )
+        manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
         cfg = self.builder_config
         items = {}
         for split, folder in SPLITS.items():
