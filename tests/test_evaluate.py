@@ -1,0 +1,242 @@
+"""vit_se.evaluate on a tiny trained demo run: JSON, PNG, TensorBoard, exact counts, other DBs.
+
+One short demo run (configs/demo.py, synthetic RAF-DB) is trained in a subprocess for the module;
+a fake JAFFE is the "other database". The count check compares evaluate's confusion matrix with
+one built example by example through `inference.preprocess` + `Trained.logits` (the predict path).
+"""
+
+import fcntl
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from vit_se import checkpoint, evaluate, inference, model_configs, models
+from vit_se.datasets import registry
+from vit_se.datasets.jaffe.fake_data import write_fake_jaffe
+from vit_se.datasets.labels import CLASS_NAMES, CLASS_NAMES_WITH_CONTEMPT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_TRAIN, NUM_TEST = 140, 42  # val = train[90%:] = 14
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _once(tmp_path_factory, name, build):
+    """build(dir) once per test session, also under pytest-xdist, whose workers share the dir.
+
+    (A module fixture would run once per worker: twice under `pytest -n 2`.)
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's dir, above each worker's own
+    root = base / name
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = root / ".done.json"
+        if not done.exists():
+            done.write_text(json.dumps(build(str(root))))
+        return json.loads(done.read_text())
+
+
+def _run(args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _train_and_build(root):
+    """A short demo run, and a fake JAFFE built in the same tfds data dir."""
+    workdir = os.path.join(root, "work")
+    r = _run(
+        [
+            "vit_se.main",
+            "--config=configs/demo.py",
+            f"--workdir={workdir}",
+            f"--config.manual_dir={root}/raf_manual",
+            f"--config.data_dir={root}/tfds",
+            f"--config.fake_data.num_train={NUM_TRAIN}",
+            f"--config.fake_data.num_test={NUM_TEST}",
+            "--config.num_train_steps=30",
+            "--config.eval_every=15",
+            "--config.checkpoint_every=15",
+            "--config.log_every=15",
+            "--config.batch_size=16",
+            "--config.eval_batch_size=16",  # 42 = 2 x 16 + 10: the last batch is padded
+        ]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    jaffe = os.path.join(root, "jaffe_manual")
+    write_fake_jaffe(jaffe, images_per_class=3, size=64)  # 21 images, 10 posers
+    builder = registry.load_builder("jaffe", data_dir=f"{root}/tfds", config="original")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=jaffe))
+    return {"root": root, "workdir": workdir, "jaffe_manual": jaffe}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return _once(tmp_path_factory, "eval_run", _train_and_build)
+
+
+@pytest.fixture(scope="module")
+def data_root(shared):
+    return shared["root"]
+
+
+@pytest.fixture(scope="module")
+def workdir(shared):
+    return shared["workdir"]
+
+
+@pytest.fixture(scope="module")
+def jaffe_manual(shared):
+    return shared["jaffe_manual"]
+
+
+def _export(workdir):
+    with open(os.path.join(workdir, "export.json")) as f:
+        return json.load(f)
+
+
+def _event_tags(folder):
+    tags = set()
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = os.path.join(workdir, "eval", "raf_db-aligned-test")
+    with open(os.path.join(out, evaluate.METRICS_FILE)) as f:
+        result = json.load(f)
+    assert result["split"] == "test" and result["num_examples"] == NUM_TEST
+    assert np.sum(result["confusion"]) == NUM_TEST
+    assert result["params_file"] == "params.npz" and result["step"] == 30
+    # The same model and split as the trainer's final test evaluation: the same numbers.
+    final = _export(workdir)["metrics"]["test"]
+    assert result["confusion"] == final["confusion"]
+    assert result["accuracy"] == pytest.approx(final["accuracy"])
+    assert result["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    assert set(result["per_class"]) == set(CLASS_NAMES)
+    assert sum(row["support"] for row in result["per_class"].values()) == NUM_TEST
+    with Image.open(os.path.join(out, evaluate.CONFUSION_PNG)) as png:
+        assert png.format == "PNG" and min(png.size) > 200
+    assert {"eval/accuracy", "eval/macro_f1", "eval/confusion"} <= _event_tags(out)
+    assert f"accuracy {result['accuracy']:.4f}" in r.stdout
+
+
+def test_best_params_on_the_selection_split_is_flagged(workdir, tmp_path):
+    result = evaluate.evaluate_workdir(
+        workdir, params_file="best_params.npz", split="train[90%:]", out=str(tmp_path / "o")
+    )
+    assert result["num_examples"] == NUM_TRAIN // 10
+    assert result["step"] == _export(workdir)["best_step"]
+    assert any("val_split" in n for n in result["notes"])
+    assert os.path.exists(tmp_path / "o" / evaluate.METRICS_FILE)
+
+
+def test_cross_database_counts_every_example_exactly_once(workdir, data_root, jaffe_manual):
+    """RAF-DB model on JAFFE: default split `all` (21 images), checked example by example."""
+    result = evaluate.evaluate_workdir(
+        workdir,
+        dataset="jaffe",
+        dataset_config="original",
+        manual_dir=jaffe_manual,
+        batch_size=8,  # 21 = 2 x 8 + 5
+    )
+    assert result["split"] == "all" and result["num_examples"] == 21
+    assert any("cross-database" in n for n in result["notes"])
+    assert result["out"].endswith(os.path.join("eval", "jaffe-original-all"))
+    assert os.path.exists(os.path.join(result["out"], evaluate.CONFUSION_PNG))
+
+    trained = inference.load_trained(workdir)
+    builder = registry.load_builder("jaffe", data_dir=f"{data_root}/tfds", config="original")
+    images, labels = [], []
+    for ex in builder.as_dataset(split="all").as_numpy_iterator():
+        images.append(inference.preprocess(ex["image"], trained.info))
+        labels.append(int(ex["label"]))
+    pred = np.argmax(trained.logits(np.stack(images)), axis=-1)
+    confusion = np.zeros((7, 7), int)
+    np.add.at(confusion, (labels, pred), 1)
+    assert result["confusion"] == confusion.tolist()
+    assert result["per_class"]["neutral"]["support"] == 3
+
+
+def _fake_run(path, num_classes, dataset, dataset_config):
+    """An exported 'run' with random parameters: export.json + params.npz, no training."""
+    model_config = model_configs.get_config("tiny/8")
+    model = models.build_model(model_config, num_classes)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), np.zeros((1, 32, 32, 3), np.float32))
+    params = params["params"]
+    params = jax.tree_util.tree_map(lambda x: x + 0.5 * np.sign(x), params)  # varied predictions
+    checkpoint.save_npz(params, os.path.join(path, "params.npz"))
+    names = CLASS_NAMES_WITH_CONTEMPT if num_classes == 8 else CLASS_NAMES
+    info = {
+        "model": model_config.to_dict(),
+        "num_classes": num_classes,
+        "class_names": list(names),
+        "image_size": 32,
+        "dataset": dataset,
+        "dataset_config": dataset_config,
+        "face_crop": False,
+        "eval_crop": "none",
+        "resize_to": 256,
+        "step": 0,
+    }
+    with open(os.path.join(path, "export.json"), "w") as f:
+        json.dump(info, f)
+    return str(path)
+
+
+def test_eight_class_model_on_seven_class_dataset_is_evaluated(
+    tmp_path, data_root, jaffe_manual, workdir
+):
+    run = _fake_run(tmp_path / "ck8", 8, "ck_plus", "8class")
+    result = evaluate.evaluate_workdir(
+        run,
+        dataset="jaffe",
+        dataset_config="original",
+        data_dir=f"{data_root}/tfds",
+        manual_dir=jaffe_manual,
+    )
+    cm = np.asarray(result["confusion"])
+    assert cm.shape == (8, 8) and cm.sum() == 21 and cm[7].sum() == 0
+    assert any("contempt" in n for n in result["notes"])
+    recall = result["per_class_recall"][:7]
+    assert result["mean_class_accuracy"] == pytest.approx(np.mean(recall))
+    assert result["accuracy"] == pytest.approx(np.trace(cm) / 21)
+
+
+def test_seven_class_model_on_contempt_data_is_refused():
+    with pytest.raises(evaluate.EvaluationError, match="7class"):
+        evaluate.check_labels(CLASS_NAMES, CLASS_NAMES_WITH_CONTEMPT, "ck_plus")
+    with pytest.raises(evaluate.EvaluationError, match="label orders differ"):
+        evaluate.check_labels(CLASS_NAMES[::-1], CLASS_NAMES, "jaffe")
+    assert evaluate.check_labels(CLASS_NAMES, CLASS_NAMES, "jaffe") == []
+
+
+def test_unknown_split_and_dataset_fail_in_one_line(workdir):
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"], timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("vit_se.evaluate: --split: 'nope'")
+    with pytest.raises(evaluate.EvaluationError, match="unknown dataset 'affectnet'"):
+        evaluate.evaluate_workdir(workdir, dataset="affectnet")

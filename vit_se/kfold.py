@@ -1,0 +1,440 @@
+"""Subject-independent k-fold cross-validation for CK+ and JAFFE: run folds, then aggregate.
+
+  python -m vit_se.kfold --config=configs/ck_plus.py --workdir=$W/ck_plus \
+      --config.pretrained_path=$CKPT/ViT-B_16-224.npz --config.manual_dir=$CKP
+  # or one fold per machine, then combine whatever W/fold{k} exist:
+  python -m vit_se.kfold --config=configs/ck_plus.py --workdir=$W/ck_plus --folds=3 ...
+  python -m vit_se.kfold --workdir=$W/ck_plus --aggregate_only
+
+Fold k trains `vit_se.train.train_and_evaluate` in WORKDIR/fold{k} on the other folds' subjects
+(the builder's fold files, `fold_splits(k)`) and evaluates the held-out fold as `test`. Selection
+rule: each fold reports its final training step's model; the held-out fold is never used to
+select a checkpoint or to stop early. Runs resume: a fold that is already finished is only
+re-evaluated.
+
+Before training a fold the subjects (the built dataset's `subject_id` feature) of its train and
+test splits are read and compared; a subject in both stops the run. The lists are kept in
+WORKDIR/fold{k}/subjects.json, and the aggregation re-checks them, checks that test folds are
+disjoint, and that the folds were trained with one config (apart from the fold).
+
+Aggregate (WORKDIR/kfold.{json,md,csv} and kfold_confusion.png, also printed): per-fold table,
+mean and sample standard deviation (n - 1) over folds of accuracy, mean class accuracy and macro
+F1, the pooled metrics of the summed confusion matrix, and the subject check.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging as py_logging
+import os
+import sys
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+FOLD_DIR = "fold{}"
+SUBJECTS_FILE = "subjects.json"
+SUBJECT_FEATURE = "subject_id"
+SELECTION_RULE = (
+    "each fold reports its final training step's model (params.npz); the held-out fold is "
+    "only evaluated, never used to select a checkpoint or to stop early"
+)
+# Config fields that may differ between the folds of one cross-validation.
+PER_FOLD_FIELDS = ("fold", "train_split", "test_split", "data_dir", "manual_dir")
+
+
+class KFoldError(ValueError):
+    """A cross-validation that cannot run or cannot be trusted; one line saying why."""
+
+
+def fold_dir(workdir, k):
+    return os.path.join(workdir, FOLD_DIR.format(k))
+
+
+# ----------------------------------------------------------------------------------------------
+# Subjects.
+
+
+def split_subjects(builder, split):
+    """The sorted subject ids of one split of a built dataset."""
+    import tensorflow_datasets as tfds
+
+    if SUBJECT_FEATURE not in builder.info.features:
+        raise KFoldError(
+            f"{builder.name} has no {SUBJECT_FEATURE!r} feature: subject independence cannot "
+            "be checked"
+        )
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.map(lambda ex: ex[SUBJECT_FEATURE])
+    return sorted({s.decode() for s in ds.as_numpy_iterator()})
+
+
+def check_subjects(builder, train_split, test_split):
+    """{'train_subjects', 'test_subjects', 'overlap'} of one fold; raises on a shared subject."""
+    train = split_subjects(builder, train_split)
+    test = split_subjects(builder, test_split)
+    overlap = sorted(set(train) & set(test))
+    record = {
+        "train_split": train_split,
+        "test_split": test_split,
+        "train_subjects": train,
+        "test_subjects": test,
+        "overlap": overlap,
+    }
+    if overlap:
+        raise KFoldError(
+            f"subjects {', '.join(overlap)} are in both {train_split!r} and {test_split!r}"
+        )
+    return record
+
+
+def _fold_config(config, k):
+    from vit_se import train
+
+    config = config.copy_and_resolve_references()
+    config.fold = k
+    return train.resolve_splits(config)
+
+
+def _subjects_of_fold(config):
+    from vit_se import input_pipeline
+
+    builder = input_pipeline.load_builder(config)
+    return check_subjects(builder, config.train_split, config.test_split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running folds.
+
+
+def check_kfold_config(config):
+    if config.get("fold") is None:
+        raise KFoldError(
+            "the config has no `fold` field: use a k-fold config (configs/ck_plus.py, "
+            "configs/jaffe.py)"
+        )
+    if config.get("val_split"):
+        # Allowed (e.g. a split carved from the training folds), but it only picks
+        # best_params.npz, which the aggregate does not use.
+        logging.warning(
+            "config.val_split %r selects best_params.npz in each fold; the aggregate reports "
+            "the final step's model",
+            config.val_split,
+        )
+
+
+def run_folds(config, workdir, folds=None):
+    """Trains (or resumes) the given folds in sequence; returns {k: final test metrics}."""
+    from vit_se import train
+
+    check_kfold_config(config)
+    num_folds = int(config.get("num_folds", 10))
+    folds = list(range(num_folds)) if folds is None else list(folds)
+    bad = [k for k in folds if not 0 <= k < num_folds]
+    if bad:
+        raise KFoldError(f"--folds: {bad} outside 0..{num_folds - 1}")
+    results = {}
+    for k in folds:
+        cfg = _fold_config(config, k)
+        train.validate_config(cfg, fold_dir(workdir, k))
+        record = _subjects_of_fold(cfg)
+        logging.info(
+            "Fold %d/%d: %d train subjects, %d test subjects (%s), none shared",
+            k,
+            num_folds,
+            len(record["train_subjects"]),
+            len(record["test_subjects"]),
+            ", ".join(record["test_subjects"]),
+        )
+        tf.io.gfile.makedirs(fold_dir(workdir, k))
+        train._write_json(os.path.join(fold_dir(workdir, k), SUBJECTS_FILE), record)
+        results[k] = train.train_and_evaluate(cfg, fold_dir(workdir, k))
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation.
+
+
+def _read_json(path):
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def _comparable(config):
+    return {k: v for k, v in config.items() if k not in PER_FOLD_FIELDS}
+
+
+def _diff(a, b, prefix=""):
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
+    return out
+
+
+def aggregate(workdir, num_folds=None, verify_dataset=True):
+    """Combines every finished WORKDIR/fold{k}; writes kfold.{json,md,csv} and the PNG."""
+    import ml_collections
+
+    from vit_se import evaluate, metrics, train
+
+    found = sorted(
+        int(name[4:])
+        for name in (tf.io.gfile.listdir(workdir) if tf.io.gfile.isdir(workdir) else [])
+        if name.rstrip("/").startswith("fold") and name.rstrip("/")[4:].isdigit()
+    )
+    done = [
+        k for k in found if tf.io.gfile.exists(os.path.join(fold_dir(workdir, k), "export.json"))
+    ]
+    if not done:
+        raise KFoldError(f"no finished fold under {workdir} (expected fold{{k}}/export.json)")
+    configs = {k: _read_json(os.path.join(fold_dir(workdir, k), train.RUN_CONFIG)) for k in done}
+    first = configs[done[0]]["config"]
+    for k in done[1:]:
+        diff = _diff(_comparable(first), _comparable(configs[k]["config"]))
+        if diff:
+            raise KFoldError(
+                f"fold{k} was trained with another config than fold{done[0]}: {'; '.join(diff)}"
+            )
+    num_folds = int(num_folds or first.get("num_folds", 10))
+    bad = [k for k in done if k >= num_folds]
+    if bad:
+        raise KFoldError(f"fold dirs {bad} are outside 0..{num_folds - 1}")
+
+    rows, subjects, confusion, class_names = [], {}, None, None
+    for k in done:
+        info = _read_json(os.path.join(fold_dir(workdir, k), "export.json"))
+        test = info["metrics"].get("test")
+        if test is None:
+            raise KFoldError(f"fold{k}/export.json has no test metrics")
+        path = os.path.join(fold_dir(workdir, k), SUBJECTS_FILE)
+        if verify_dataset or not tf.io.gfile.exists(path):
+            cfg = ml_collections.ConfigDict(configs[k]["config"])
+            try:
+                record = _subjects_of_fold(cfg)
+            except KFoldError:
+                raise
+            except Exception as e:  # the dataset may live on another machine
+                if not tf.io.gfile.exists(path):
+                    raise KFoldError(
+                        f"fold{k}: no {SUBJECTS_FILE} and the dataset cannot be read to check "
+                        f"subjects ({type(e).__name__}: {e})"
+                    ) from None
+                logging.warning("fold%d: dataset not readable here; using %s", k, path)
+                record = _read_json(path)
+        else:
+            record = _read_json(path)
+        if record["overlap"]:
+            raise KFoldError(f"fold{k}: subjects {record['overlap']} in both train and test")
+        subjects[k] = record
+        cm = np.asarray(test["confusion"], dtype=np.int64)
+        confusion = cm if confusion is None else confusion + cm
+        class_names = info["class_names"]
+        rows.append(
+            {
+                "fold": k,
+                "test_subjects": len(record["test_subjects"]),
+                "num_examples": int(test["num_examples"]),
+                "accuracy": float(test["accuracy"]),
+                "mean_class_accuracy": float(test["mean_class_accuracy"]),
+                "macro_f1": float(test["macro_f1"]),
+                "step": int(info["step"]),
+            }
+        )
+
+    seen = {}
+    for k, record in subjects.items():
+        for s in record["test_subjects"]:
+            if s in seen:
+                raise KFoldError(f"subject {s} is tested in fold{seen[s]} and fold{k}")
+            seen[s] = k
+    all_subjects = sorted(set(seen) | set(subjects[done[0]]["train_subjects"]))
+
+    summary = {}
+    for key in ("accuracy", "mean_class_accuracy", "macro_f1"):
+        values = np.array([r[key] for r in rows])
+        summary[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        }
+    pooled = metrics.from_confusion(confusion)
+    model = first["model"]
+    result = {
+        "workdir": os.path.abspath(workdir),
+        "dataset": first["dataset"],
+        "dataset_config": first.get("dataset_config"),
+        "model": model_label(model),
+        "num_folds": num_folds,
+        "folds_done": done,
+        "folds_missing": [k for k in range(num_folds) if k not in done],
+        "selection_rule": SELECTION_RULE,
+        "std": "sample standard deviation over folds (n - 1)",
+        "folds": rows,
+        "summary": summary,
+        "pooled": {
+            k: pooled[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1", "num_examples")
+        },
+        "class_names": class_names,
+        "confusion": confusion.tolist(),
+        "subject_check": {
+            "feature": SUBJECT_FEATURE,
+            "no_subject_in_train_and_test": True,
+            "test_folds_disjoint": True,
+            "subjects_tested": len(seen),
+            "subjects_total": len(all_subjects),
+            "per_fold": {str(k): subjects[k] for k in done},
+        },
+    }
+    write_aggregate(result, workdir)
+    title = (
+        f"{result['dataset']} {len(done)}-fold summed confusion, accuracy "
+        f"{100 * summary['accuracy']['mean']:.2f} ± {100 * summary['accuracy']['std']:.2f}%"
+    )
+    evaluate.save_confusion_png(
+        confusion, class_names, os.path.join(workdir, "kfold_confusion.png"), title
+    )
+    return result
+
+
+def model_label(model):
+    se = f" + SE (r={model['se_reduction']})" if model["use_se"] else ""
+    return f"ViT-{model['name']}{se}"
+
+
+def _pct(x):
+    return f"{100 * x:.2f}"
+
+
+def markdown(result):
+    s = result["summary"]
+    check = result["subject_check"]
+    done, total = len(result["folds_done"]), result["num_folds"]
+    lines = [
+        f"# {result['dataset']} ({result['dataset_config']}) {total}-fold cross-validation, "
+        f"{result['model']}",
+        "",
+        f"Selection rule: {result['selection_rule']}.",
+        "",
+        f"Subjects: no subject is in both the train and the test split of any fold (checked on "
+        f"the built dataset's `{check['feature']}` feature); test folds are disjoint; "
+        f"{check['subjects_tested']} of {check['subjects_total']} subjects tested.",
+        "",
+    ]
+    if result["folds_missing"]:
+        lines += [
+            f"**Partial: {done} of {total} folds** (missing {result['folds_missing']}).",
+            "",
+        ]
+    lines += [
+        "| fold | test subjects | test examples | accuracy (%) | mean class acc. (%) "
+        "| macro F1 (%) | step |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["folds"]:
+        lines.append(
+            f"| {r['fold']} | {r['test_subjects']} | {r['num_examples']} | {_pct(r['accuracy'])} "
+            f"| {_pct(r['mean_class_accuracy'])} | {_pct(r['macro_f1'])} | {r['step']} |"
+        )
+    n = sum(r["num_examples"] for r in result["folds"])
+    means = " | ".join(
+        f"**{_pct(s[k]['mean'])} ± {_pct(s[k]['std'])}**"
+        for k in ("accuracy", "mean_class_accuracy", "macro_f1")
+    )
+    lines.append(f"| **mean ± std** | {check['subjects_tested']} | {n} | {means} | |")
+    p = result["pooled"]
+    lines += [
+        "",
+        f"Pooled over folds (summed confusion matrix, {p['num_examples']} examples): accuracy "
+        f"{_pct(p['accuracy'])}%, mean class accuracy {_pct(p['mean_class_accuracy'])}%, "
+        f"macro F1 {_pct(p['macro_f1'])}%. Std: {result['std']}.",
+        "",
+        "Summed confusion matrix (rows: true, columns: predicted):",
+        "",
+        "| true \\ predicted | " + " | ".join(result["class_names"]) + " |",
+        "|---|" + "---:|" * len(result["class_names"]),
+    ]
+    for name, row in zip(result["class_names"], result["confusion"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(result):
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = ("accuracy", "mean_class_accuracy", "macro_f1")
+    w.writerow(["fold", "test_subjects", "num_examples", *keys, "step"])
+    for r in result["folds"]:
+        w.writerow(
+            [r["fold"], r["test_subjects"], r["num_examples"], *(r[k] for k in keys), r["step"]]
+        )
+    s = result["summary"]
+    w.writerow(["mean", "", "", *(s[k]["mean"] for k in keys), ""])
+    w.writerow(["std", "", "", *(s[k]["std"] for k in keys), ""])
+    return buf.getvalue()
+
+
+def write_aggregate(result, workdir):
+    from vit_se import train
+
+    train._write_json(os.path.join(workdir, "kfold.json"), result)
+    with tf.io.gfile.GFile(os.path.join(workdir, "kfold.md"), "w") as f:
+        f.write(markdown(result))
+    with tf.io.gfile.GFile(os.path.join(workdir, "kfold.csv"), "w") as f:
+        f.write(csv_text(result))
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "k-fold training config.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Cross-validation dir; fold k trains in WORKDIR/fold{k}.")
+    flags.DEFINE_list("folds", None, "Folds to run, e.g. 0,1 (default: all).")
+    flags.DEFINE_bool("aggregate_only", False, "Only combine the finished WORKDIR/fold{k}.")
+
+
+class QuietOrbax(py_logging.Filter):
+    """Orbax logs every save at INFO; keep its warnings and errors only."""
+
+    def filter(self, record):
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir is required")
+    logging.get_absl_handler().addFilter(QuietOrbax())
+    tf.config.set_visible_devices([], "GPU")
+    from vit_se import train
+
+    try:
+        if not FLAGS.aggregate_only:
+            if FLAGS.config is None:
+                raise app.UsageError("--config is required unless --aggregate_only")
+            folds = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
+            run_folds(FLAGS.config, FLAGS.workdir, folds)
+        num_folds = FLAGS.config.get("num_folds") if FLAGS.config is not None else None
+        result = aggregate(FLAGS.workdir, num_folds)
+    except (KFoldError, train.ConfigError) as e:
+        sys.exit(f"vit_se.kfold: {e}")
+    print(markdown(result))
+    print(f"wrote {FLAGS.workdir}/kfold.json, kfold.md, kfold.csv, kfold_confusion.png")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
