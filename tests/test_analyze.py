@@ -318,35 +318,9 @@ def test_official_npz_with_labels(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A finished tiny run of the real trainer (demo config, a few steps)."""
-    root = tmp_path_factory.mktemp("analyze_run")
-    work = str(root / "work")
-    cmd = [
-        sys.executable,
-        "-m",
-        "vit_se.main",
-        "--config=configs/demo.py",
-        f"--workdir={work}",
-        f"--config.manual_dir={root}/data/manual",
-        f"--config.data_dir={root}/data/tfds",
-        "--config.num_train_steps=20",
-        "--config.fake_data.num_train=70",
-        "--config.fake_data.num_test=14",
-        "--config.eval_every=20",
-        "--config.checkpoint_every=20",
-        "--config.log_every=10",
-    ]
-    r = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return work
+def workdir(demo_run):
+    """A finished tiny run of the real trainer (the session's demo run)."""
+    return demo_run["workdir"]
 
 
 def test_command_line_on_a_trained_workdir(tmp_path, workdir):

@@ -1,22 +1,20 @@
 """vit_se.evaluate on a tiny trained demo run: JSON, PNG, TensorBoard, exact counts, other DBs.
 
-One short demo run (configs/demo.py, synthetic RAF-DB) is trained in a subprocess for the module;
+The session's tiny demo run (tests/conftest.py: configs/demo.py, synthetic RAF-DB) is the model;
 a fake JAFFE is the "other database". The count check compares evaluate's confusion matrix with
 one built example by example through `inference.preprocess` + `Trained.logits` (the predict path).
 """
 
-import fcntl
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from conftest import DEMO_NUM_TEST, DEMO_NUM_TRAIN, once, run_module
 from PIL import Image
 
 from vit_se import checkpoint, evaluate, inference, model_configs, models
@@ -25,73 +23,33 @@ from vit_se.datasets.jaffe.fake_data import write_fake_jaffe
 from vit_se.datasets.labels import CLASS_NAMES, CLASS_NAMES_WITH_CONTEMPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_TRAIN, NUM_TEST = 140, 42  # val = train[90%:] = 14
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-
-
-def _once(tmp_path_factory, name, build):
-    """build(dir) once per test session, also under pytest-xdist, whose workers share the dir.
-
-    (A module fixture would run once per worker: twice under `pytest -n 2`.)
-    """
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the session's dir, above each worker's own
-    root = base / name
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = root / ".done.json"
-        if not done.exists():
-            done.write_text(json.dumps(build(str(root))))
-        return json.loads(done.read_text())
+NUM_TRAIN, NUM_TEST = DEMO_NUM_TRAIN, DEMO_NUM_TEST
 
 
 def _run(args, timeout=600):
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_module(
+        *args, timeout=timeout, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     )
 
 
-def _train_and_build(root):
-    """A short demo run, and a fake JAFFE built in the same tfds data dir."""
-    workdir = os.path.join(root, "work")
-    r = _run(
-        [
-            "vit_se.main",
-            "--config=configs/demo.py",
-            f"--workdir={workdir}",
-            f"--config.manual_dir={root}/raf_manual",
-            f"--config.data_dir={root}/tfds",
-            f"--config.fake_data.num_train={NUM_TRAIN}",
-            f"--config.fake_data.num_test={NUM_TEST}",
-            "--config.num_train_steps=30",
-            "--config.eval_every=15",
-            "--config.checkpoint_every=15",
-            "--config.log_every=15",
-            "--config.batch_size=16",
-            "--config.eval_batch_size=16",  # 42 = 2 x 16 + 10: the last batch is padded
-        ]
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+def _build_jaffe(root):
+    """A fake JAFFE built into the demo run's tfds data dir: the "other database"."""
     jaffe = os.path.join(root, "jaffe_manual")
     write_fake_jaffe(jaffe, images_per_class=3, size=64)  # 21 images, 10 posers
-    builder = registry.load_builder("jaffe", data_dir=f"{root}/tfds", config="original")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=jaffe))
-    return {"root": root, "workdir": workdir, "jaffe_manual": jaffe}
+    return jaffe
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return _once(tmp_path_factory, "eval_run", _train_and_build)
+def shared(tmp_path_factory, demo_run):
+    def build(root):
+        jaffe = _build_jaffe(root)
+        builder = registry.load_builder(
+            "jaffe", data_dir=f"{demo_run['root']}/tfds", config="original"
+        )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=jaffe))
+        return {**demo_run, "jaffe_manual": jaffe}
+
+    return once(tmp_path_factory, "eval_jaffe", build)
 
 
 @pytest.fixture(scope="module")

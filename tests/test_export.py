@@ -39,26 +39,8 @@ def _run(*args, timeout=300, cwd=ROOT, env=None):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export_run")
-    w = str(root / "work")
-    r = _run(
-        "-m",
-        "vit_se.main",
-        "--config=configs/demo.py",
-        f"--workdir={w}",
-        f"--config.manual_dir={root}/data/manual",
-        f"--config.data_dir={root}/data/tfds",
-        "--config.num_train_steps=30",
-        "--config.fake_data.num_train=70",
-        "--config.fake_data.num_test=14",
-        "--config.eval_every=30",
-        "--config.checkpoint_every=30",
-        "--config.log_every=10",
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return w
+def workdir(demo_run):
+    return demo_run["workdir"]
 
 
 @pytest.fixture(scope="module")

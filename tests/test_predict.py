@@ -1,6 +1,6 @@
 """`python -m vit_se.predict` and `predict_paths` on a tiny trained run.
 
-One short real training run (the demo config, a few steps) is made per module; inputs are drawn
+The session's tiny demo run (tests/conftest.py) is the model; inputs are drawn
 faces saved as PNG/JPEG (RGB and gray, a nested folder), a short MJPG video written with OpenCV,
 and broken files. Checks: the rows (count, order, frame indices, columns, probabilities summing to
 1), that predictions equal the model applied to `inference.preprocess` (the evaluation transform),
@@ -42,26 +42,8 @@ def _run(*args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict_run")
-    w = str(root / "work")
-    r = _run(
-        "-m",
-        "vit_se.main",
-        "--config=configs/demo.py",
-        f"--workdir={w}",
-        f"--config.manual_dir={root}/data/manual",
-        f"--config.data_dir={root}/data/tfds",
-        "--config.num_train_steps=30",
-        "--config.fake_data.num_train=70",
-        "--config.fake_data.num_test=14",
-        "--config.eval_every=30",
-        "--config.checkpoint_every=30",
-        "--config.log_every=10",
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
-    return w
+def workdir(demo_run):
+    return demo_run["workdir"]
 
 
 @pytest.fixture(scope="module")
