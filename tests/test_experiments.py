@@ -7,7 +7,6 @@ and a fake JAFFE.
 """
 
 import csv
-import fcntl
 import importlib
 import json
 import os
@@ -16,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import once
 
 from vit_se import evaluate, experiments
 from vit_se.datasets.ck_plus.fake_data import write_fake_ck_plus
@@ -36,24 +36,6 @@ DEMO = [
     "--config.log_every=4",
     "--config.batch_size=16",
 ]
-
-
-def _once(tmp_path_factory, name, build):
-    """build(dir) once per test session, also under pytest-xdist, whose workers share the dir.
-
-    (A module fixture would run once per worker: twice under `pytest -n 2`.)
-    """
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the session's dir, above each worker's own
-    root = base / name
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = root / ".done.json"
-        if not done.exists():
-            done.write_text(json.dumps(build(str(root))))
-        return json.loads(done.read_text())
 
 
 def _read(path):
@@ -103,7 +85,7 @@ def _ablation(root):
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    return _once(tmp_path_factory, "grid_data", _ablation)
+    return once(tmp_path_factory, "grid_data", _ablation)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ reading every fold split of the built dataset.
 """
 
 import csv
-import fcntl
 import json
 import os
 import shutil
@@ -16,30 +15,13 @@ import sys
 import ml_collections
 import numpy as np
 import pytest
+from conftest import once
 
 from vit_se import kfold
 from vit_se.datasets import registry
 from vit_se.datasets.ck_plus.fake_data import fold_file_subjects, write_fake_ck_plus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _once(tmp_path_factory, name, build):
-    """build(dir) once per test session, also under pytest-xdist, whose workers share the dir.
-
-    (A module fixture would run once per worker: twice under `pytest -n 2`.)
-    """
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the session's dir, above each worker's own
-    root = base / name
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = root / ".done.json"
-        if not done.exists():
-            done.write_text(json.dumps(build(str(root))))
-        return json.loads(done.read_text())
 
 
 def _read(path):
@@ -83,7 +65,7 @@ def _cross_validate(root):
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-    return _once(tmp_path_factory, "kfold_cv", _cross_validate)
+    return once(tmp_path_factory, "kfold_cv", _cross_validate)
 
 
 @pytest.fixture(scope="module")
