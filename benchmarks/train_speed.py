@@ -1,0 +1,592 @@
+"""Train and inference speed of ViT-SE B/16 on this machine, next to its matmul rate and timm's.
+
+  python benchmarks/train_speed.py                        # ViT-SE B/16, batch 8, 224 px
+  python benchmarks/train_speed.py --peer                 # and timm's ViT-B/16 side by side
+  python benchmarks/train_speed.py --peer --steps=20 --warmup=5 --json_out=/tmp/speed.json
+  python benchmarks/train_speed.py --from_json=/tmp/speed.json      # re-print a saved run
+
+What it prints, for the machine it runs on:
+- the measured matmul rate: a jitted float32 2048^3 product (and bfloat16 8192^3 on a GPU), best
+  repetition of a run before and a run after the models: the ceiling FLOPs utilisation is
+  measured against;
+- ViT-SE train images/s: the trainer's own jitted step (vit_se.train_step with AdamW and the
+  schedule of configs/common.py, donated state, explicit shardings), so the figure is the step
+  `python -m vit_se.main` runs, minus the input pipeline (pipeline_speed.py measures that);
+- inference images/s of the jitted `model.apply(..., train=False)`;
+- model FLOPs of the step from XLA's cost analysis of the compiled step, or 3x (train) / 1x
+  (inference) the analytic forward FLOPs where XLA gives none or miscounts (on GPUs it leaves out
+  the dots it hands to cuBLAS); the table says which. Utilisation = achieved FLOP/s / matmul rate;
+- peak memory: on a GPU the allocator's peak bytes in use; on a CPU the peak RSS of the process;
+- with --peer (torch and timm installed; see benchmarks/README.md), timm's `vit_base_patch16_224`
+  trained and run the same way (timm_peer.py), and the JAX/timm ratios;
+- on a CPU, the share of the machine's CPU time other processes took during each measurement:
+  on a shared machine, a slow figure measured while others took CPU is contention, not code.
+  The mean and the best step are both shown for the same reason.
+
+Every measurement runs in its own subprocess (`--only=NAME`), so that peak RSS is that
+measurement's alone, JAX and torch never share a process (or a GPU's memory pool), and XLA_FLAGS
+set in the environment reach every JAX measurement.
+
+Only TF-free modules of vit_se are imported (train_step, optim, sharding, models,
+model_configs and configs.common), so this runs on accelerator machines that have JAX, Flax,
+optax and ml_collections but no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # configs/ and, on machines where it is not installed, vit_se/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timm_peer
+
+MEASUREMENTS = ("matmul", "jax_train", "jax_infer", "timm_train", "timm_infer")
+NUM_CLASSES = 7
+MiB = 2**20
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="B/16", help="vit_se.model_configs variant")
+    p.add_argument("--batch", type=int, default=8, help="train batch (the authors' 8)")
+    p.add_argument("--inference_batch", type=int, default=8)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 5 CPU, 50 GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed (default 3 CPU, 10 GPU)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="compute dtype (parameters stay float32; timm uses autocast)",
+    )
+    p.add_argument("--peer", action="store_true", help="also run timm's ViT-B/16")
+    p.add_argument(
+        "--peer_python",
+        default=sys.executable,
+        help="interpreter with torch+timm for the peer (default: this one)",
+    )
+    p.add_argument("--json_out", default=None, help="write every figure here as JSON")
+    p.add_argument("--from_json", default=None, help="re-print the table of a --json_out file")
+    p.add_argument("--only", choices=MEASUREMENTS, help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs.
+
+
+def analytic_forward_flops(model_config, image_size, num_classes=NUM_CLASSES, use_se=None):
+    """FLOPs of one image's forward pass, counting matmuls and the patch conv (2 per MAC).
+
+    Element-wise work (softmax, GELU, LayerNorm) is left out: it is under 1% of B/16's FLOPs.
+    `use_se=False` gives plain ViT (timm's model); None follows the config.
+    """
+    hidden = model_config.hidden_size
+    t = model_config.transformer
+    patch = model_config.patches.size[0]
+    n = (image_size // patch) ** 2
+    tokens = n + (1 if model_config.classifier == "token" else 0)
+    flops = 2 * n * (patch * patch * 3) * hidden
+    per_layer = (
+        2 * tokens * hidden * 3 * hidden  # q, k, v
+        + 2 * 2 * tokens * tokens * hidden  # q.k and attention.v
+        + 2 * tokens * hidden * hidden  # output projection
+        + 2 * 2 * tokens * hidden * t.mlp_dim  # MLP in and out
+    )
+    flops += t.num_layers * per_layer
+    width = model_config.representation_size or hidden
+    if model_config.representation_size:
+        flops += 2 * hidden * width
+    if model_config.use_se if use_se is None else use_se:
+        flops += 2 * 2 * width * (width // model_config.se_reduction)
+    return flops + 2 * width * num_classes
+
+
+def _xla_flops(compiled):
+    """Total FLOPs XLA's cost analysis gives the compiled program, or None."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements; each runs in a child process.
+
+
+def _rss_peak_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _defaults(args, gpu):
+    steps = args.steps if args.steps is not None else (50 if gpu else 5)
+    warmup = args.warmup if args.warmup is not None else (10 if gpu else 3)
+    return steps, warmup
+
+
+def busy_jiffies():
+    """(busy, total) CPU jiffies of the whole machine from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _time_steps(run, steps, warmup, sync, out=None):
+    """Per-step wall times after `warmup` untimed steps.
+
+    With `out`, also records how much of the machine's CPU this process and everybody else used
+    while the timed steps ran: on a shared machine a slow figure with a large `others_cpu_share`
+    was measured under contention, not a slow program.
+    """
+    for _ in range(warmup):
+        sync(run())
+    times = []
+    cpu0, jiffies0, wall0 = os.times(), busy_jiffies(), time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        sync(run())
+        times.append(time.perf_counter() - t0)
+    if out is not None:
+        cpu1, jiffies1, wall = os.times(), busy_jiffies(), time.perf_counter() - wall0
+        own = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+        cores = os.cpu_count() or 1
+        out["own_cpu_share"] = own / (wall * cores)
+        if jiffies0 and jiffies1 and jiffies1[1] > jiffies0[1]:
+            busy = (jiffies1[0] - jiffies0[0]) / (jiffies1[1] - jiffies0[1])
+            out["others_cpu_share"] = max(busy - out["own_cpu_share"], 0.0)
+    return times
+
+
+def _device_info(jax):
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
+
+
+def _jax_peak(jax, out):
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":
+        stats = dev.memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            out["peak_device_bytes"] = int(stats["peak_bytes_in_use"])
+    return out
+
+
+def measure_matmul(args):
+    """float32 2048^3 (and, on a GPU, bfloat16 8192^3) jitted products, in FLOP/s."""
+    import jax
+    import jax.numpy as jnp
+
+    info = _device_info(jax)
+    gpu = info["platform"] == "gpu"
+    sizes = [("float32", 2048)] + ([("bfloat16", 8192)] if gpu else [])
+    out = dict(info)
+    for dtype, n in sizes:
+        ka, kb = jax.random.split(jax.random.PRNGKey(0))
+        a = jax.random.normal(ka, (n, n), dtype)
+        b = jax.random.normal(kb, (n, n), dtype)
+        f = jax.jit(jnp.matmul)
+        m = {"n": n}
+        times = _time_steps(
+            lambda a=a, b=b, f=f: f(a, b), 50 if gpu else 20, 3, jax.block_until_ready, m
+        )
+        # The best repetition: the machine's ceiling, which a shared CPU reaches only between
+        # other jobs' bursts (the median is kept to show how much they cost).
+        m["flops_per_s"] = 2 * n**3 / min(times)
+        m["median_flops_per_s"] = 2 * n**3 / sorted(times)[len(times) // 2]
+        out[f"matmul_{dtype}"] = m
+    return out
+
+
+def _jax_setup(args):
+    from configs import common
+    from vit_se import model_configs
+
+    config = common.get_config()
+    config.model = model_configs.get_config(args.model)
+    config.model.dtype = args.dtype
+    config.batch_size = args.batch
+    config.image_size = args.image_size
+    config.num_classes = NUM_CLASSES
+    return config
+
+
+def _batch(jax, n, size, sharding=None):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+        "label": rng.integers(0, NUM_CLASSES, (n,)).astype(np.int32),
+    }
+    return jax.device_put(batch, sharding)
+
+
+def measure_jax_train(args):
+    """The trainer's jitted step: AdamW + step-decay schedule of configs/common.py."""
+    import jax
+
+    from vit_se import optim, sharding, train_step
+
+    base_rss = _rss_peak_bytes()
+    config = _jax_setup(args)
+    info = _device_info(jax)
+    steps, warmup = _defaults(args, info["platform"] == "gpu")
+    model = train_step.create_model(config)
+    # A 30-epoch run of RAF-DB's ~11k training images at batch 8, as configs/raf_db.py would.
+    lr = optim.schedule(config, steps_per_epoch=1380, total_steps=30 * 1380)
+    tx = optim.optimizer(config, lr)
+    mesh = sharding.make_mesh()
+    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
+    state = train_step.init_state(config, model, tx, state_sh)
+    step = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    batch = _batch(jax, args.batch, args.image_size, sharding.batch_sharding(mesh))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = [state]
+
+    def run():
+        holder[0], metrics = compiled(holder[0], batch)
+        return holder[0], metrics
+
+    out = dict(info, compile_s=compile_s, base_rss_bytes=base_rss)
+    out["step_times"] = _time_steps(run, steps, warmup, jax.block_until_ready, out)
+    out["xla_flops"] = _xla_flops(compiled)
+    out["peak_rss_bytes"] = _rss_peak_bytes()
+    return _jax_peak(jax, out)
+
+
+def measure_jax_infer(args):
+    """The jitted forward pass in eval mode on a batch of `inference_batch` images."""
+    import jax
+    import jax.numpy as jnp
+
+    from vit_se import train_step
+
+    base_rss = _rss_peak_bytes()
+    config = _jax_setup(args)
+    info = _device_info(jax)
+    steps, warmup = _defaults(args, info["platform"] == "gpu")
+    model = train_step.create_model(config)
+    dummy = jnp.zeros((1, args.image_size, args.image_size, 3), jnp.float32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), dummy)["params"]
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+    images = _batch(jax, args.inference_batch, args.image_size)["image"]
+    t0 = time.perf_counter()
+    compiled = apply.lower(params, images).compile()
+    compile_s = time.perf_counter() - t0
+    out = dict(info, compile_s=compile_s, base_rss_bytes=base_rss)
+    run = lambda: compiled(params, images)
+    out["step_times"] = _time_steps(run, steps, warmup, jax.block_until_ready, out)
+    out["xla_flops"] = _xla_flops(compiled)
+    out["peak_rss_bytes"] = _rss_peak_bytes()
+    return _jax_peak(jax, out)
+
+
+def _measure_timm(args, kind):
+    import timm_peer
+
+    base_rss = _rss_peak_bytes()
+    batch = args.batch if kind == "train" else args.inference_batch
+    run, sync, info = timm_peer.build(kind, batch, args.image_size, args.dtype, NUM_CLASSES)
+    steps, warmup = _defaults(args, info["platform"] == "gpu")
+    out = dict(info, base_rss_bytes=base_rss)
+    out["step_times"] = _time_steps(run, steps, warmup, sync, out)
+    if timm_peer.peak_device_bytes() is not None:
+        out["peak_device_bytes"] = timm_peer.peak_device_bytes()
+    out["peak_rss_bytes"] = _rss_peak_bytes()
+    return out
+
+
+CHILDREN = {
+    "matmul": measure_matmul,
+    "jax_train": measure_jax_train,
+    "jax_infer": measure_jax_infer,
+    "timm_train": lambda a: _measure_timm(a, "train"),
+    "timm_infer": lambda a: _measure_timm(a, "infer"),
+}
+
+
+def child_main(args):
+    try:
+        result = CHILDREN[args.only](args)
+    except Exception as e:  # reported by the parent as a missing figure
+        result = {"error": f"{type(e).__name__}: {e}"}
+    with open(args.result, "w") as f:
+        json.dump(result, f)
+
+
+# ----------------------------------------------------------------------------------------------
+# The parent: runs each measurement in a subprocess, then prints the table.
+
+
+def _forwarded_flags(args):
+    flags = [
+        f"--model={args.model}",
+        f"--batch={args.batch}",
+        f"--inference_batch={args.inference_batch}",
+        f"--image_size={args.image_size}",
+        f"--dtype={args.dtype}",
+    ]
+    if args.steps is not None:
+        flags.append(f"--steps={args.steps}")
+    if args.warmup is not None:
+        flags.append(f"--warmup={args.warmup}")
+    return flags
+
+
+def run_child(name, args, python):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "result.json")
+        cmd = [python, os.path.abspath(__file__), f"--only={name}", f"--result={path}"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd + _forwarded_flags(args), capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if not os.path.exists(path):
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+        with open(path) as f:
+            result = json.load(f)
+    result["wall_s"] = wall
+    return result
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def summarise(r, batch, flops_per_step, flops_source, rate):
+    """Adds images/s, FLOP/s and utilisation to one measurement's raw result."""
+    if "error" in r:
+        return r
+    times = r["step_times"]
+    mean = sum(times) / len(times)
+    r["mean_step_s"] = mean
+    r["median_step_s"] = sorted(times)[len(times) // 2]
+    r["images_per_s"] = batch / mean
+    r["best_images_per_s"] = batch / min(times)
+    r["flops_per_step"] = flops_per_step
+    r["flops_source"] = flops_source
+    r["flops_per_s"] = flops_per_step / mean
+    r["utilisation"] = r["flops_per_s"] / rate if rate else None
+    if "peak_device_bytes" in r:
+        r["peak_memory_bytes"], r["memory_kind"] = r["peak_device_bytes"], "device peak"
+    else:
+        r["peak_memory_bytes"], r["memory_kind"] = r["peak_rss_bytes"], "peak RSS"
+    return r
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+# (label, measurement kind, key, format, scale, ratio): ratio 'speed' is JAX/timm of a rate,
+# 'time' the inverse ratio of a time (both > 1 when JAX is faster), 'size' JAX/timm of memory.
+ROWS = [
+    ("train images/s", "train", "images_per_s", ".3g", 1, "speed"),
+    ("train images/s, best", "train", "best_images_per_s", ".3g", 1, "speed"),
+    ("train step s (mean)", "train", "mean_step_s", ".3g", 1, "time"),
+    ("train GFLOP/step", "train", "flops_per_step", ".4g", 1e-9, None),
+    ("train FLOPs util.", "train", "utilisation", ".1%", 1, "speed"),
+    ("train peak MiB", "train", "peak_memory_bytes", ".0f", 1 / MiB, "size"),
+    ("infer images/s", "infer", "images_per_s", ".3g", 1, "speed"),
+    ("infer images/s, best", "infer", "best_images_per_s", ".3g", 1, "speed"),
+    ("infer GFLOP/batch", "infer", "flops_per_step", ".4g", 1e-9, None),
+    ("infer FLOPs util.", "infer", "utilisation", ".1%", 1, "speed"),
+    ("infer peak MiB", "infer", "peak_memory_bytes", ".0f", 1 / MiB, "size"),
+]
+CPU_ROWS = [
+    ("train: others' CPU", "train", "others_cpu_share", ".0%", 1, None),
+    ("infer: others' CPU", "infer", "others_cpu_share", ".0%", 1, None),
+]
+
+
+def print_table(results, args, header, show_cpu):
+    print()
+    print(header)
+    peer = args.peer
+    line = f"{'':22s}{'vit_se (JAX)':>14s}"
+    print(line + (f"{'timm (torch)':>14s}{'JAX/timm':>10s}" if peer else ""))
+    for label, kind, key, spec, scale, ratio_kind in ROWS + (CPU_ROWS if show_cpu else []):
+        j = results.get(f"jax_{kind}", {}).get(key)
+        line = f"{label:22s}{_fmt(None if j is None else j * scale, spec):>14s}"
+        if peer:
+            t = results.get(f"timm_{kind}", {}).get(key)
+            line += f"{_fmt(None if t is None else t * scale, spec):>14s}"
+            ratio = None
+            if ratio_kind and j and t:
+                ratio = t / j if ratio_kind == "time" else j / t
+            line += f"{'-' if ratio is None else f'{ratio:.2f}x':>10s}"
+        print(line)
+    if peer:
+        print("  JAX/timm: > 1 is faster for rates and times, larger for memory")
+    if show_cpu:
+        print("  others' CPU: share of the machine's CPU time other processes used meanwhile")
+    for name in ("jax_train", "timm_train"):
+        r = results.get(name, {})
+        if "flops_source" in r:
+            print(f"  {name} FLOPs: {r['flops_source']}; memory: {r['memory_kind']}")
+
+
+def measure_all(args):
+    """Runs every measurement in its own subprocess; returns the raw results and load averages."""
+    names = ["matmul", "jax_train", "jax_infer"]
+    names += ["timm_train", "timm_infer"] if args.peer else []
+    names += ["matmul"]  # again at the end: the better of the two is the machine's rate
+    results = {}
+    load0 = os.getloadavg()
+    for i, name in enumerate(names):
+        print(f"measuring {name} ...", flush=True)
+        python = args.peer_python if name.startswith("timm") else sys.executable
+        key = "matmul_end" if name == "matmul" and i else name
+        results[key] = r = run_child(name, args, python)
+        if "error" in r:
+            print(f"  {name}: not measured ({r['error']})", flush=True)
+        elif "step_times" in r:
+            print(f"  step times s: {', '.join(f'{t:.3g}' for t in r['step_times'])}", flush=True)
+    return results, [load0, os.getloadavg()]
+
+
+def _choose_flops(xla, analytic):
+    """XLA's count of the step, unless it disagrees with the analytic count of the model.
+
+    XLA's cost analysis counts the dots it compiles itself, but not those it hands to a library
+    (cuBLAS and cuDNN on GPUs report ~0), so a count far below the model's matmul FLOPs is a
+    miscount, not a cheaper model.
+    """
+    if xla and 0.8 <= xla / analytic <= 1.5:
+        return xla, "XLA cost_analysis of the compiled step"
+    why = "gave none" if not xla else f"gave {xla / 1e9:.4g} GFLOP, library calls uncounted"
+    return analytic, f"analytic, matmuls only (XLA cost_analysis {why})"
+
+
+def _rate(flops_per_s):
+    if flops_per_s >= 1e12:
+        return f"{flops_per_s / 1e12:.1f} TFLOP/s"
+    return f"{flops_per_s / 1e9:.1f} GFLOP/s"
+
+
+def report(args, results, loads):
+    """Adds the derived figures to `results`, prints them, and returns the JSON summary."""
+    from vit_se import model_configs  # ml_collections only; JAX stays out of this process
+
+    model_config = model_configs.get_config(args.model)
+    fwd = analytic_forward_flops(model_config, args.image_size)
+    fwd_plain = analytic_forward_flops(model_config, args.image_size, use_se=False)
+
+    mm = results["matmul"]
+    if "error" in mm:
+        sys.exit(f"matmul: {mm['error']}")
+    end = results.get("matmul_end", {})
+    for key in ("matmul_float32", "matmul_bfloat16"):
+        if key in end and end[key]["flops_per_s"] > mm[key]["flops_per_s"]:
+            mm[key] = dict(end[key], measured="at the end")
+    gpu = mm["platform"] == "gpu"
+    rate_key = "matmul_bfloat16" if args.dtype == "bfloat16" and gpu else "matmul_float32"
+    rate = mm[rate_key]["flops_per_s"]
+    for kind, batch, mult in (("train", args.batch, 3), ("infer", args.inference_batch, 1)):
+        j = results[f"jax_{kind}"]
+        flops, source = _choose_flops(j.get("xla_flops"), mult * fwd * batch)
+        summarise(j, batch, flops, source, rate)
+        if args.peer:
+            analytic = f"analytic, matmuls only ({mult}x forward)"
+            summarise(results[f"timm_{kind}"], batch, mult * fwd_plain * batch, analytic, rate)
+
+    if gpu:
+        machine = f"{mm['device_kind']} x{mm['device_count']}"
+    else:
+        machine = f"{_cpu_name()}, {os.cpu_count()} cores"
+    print()
+    print(
+        f"machine: {machine}; jax {mm['jax']}; load average {loads[0][0]:.2f} -> {loads[1][0]:.2f}"
+    )
+    for key in ("matmul_float32", "matmul_bfloat16"):
+        if key in mm:
+            m = mm[key]
+            others = m.get("others_cpu_share")
+            busy = "" if gpu or others is None else f"; others used {others:.0%} of the CPUs"
+            median = m.get("median_flops_per_s")
+            median = f", median {_rate(median)}" if median else ""
+            when = m.get("measured", "at the start")
+            print(
+                f"matmul {key[7:]} {m['n']}^3: {_rate(m['flops_per_s'])} "
+                f"(best repetition {when}{median}{busy})"
+            )
+    if gpu:
+        precision = mm.get("default_matmul_precision")
+        print(f"jax_default_matmul_precision={precision}: float32 dots may run as TF32 on GPUs")
+    peer = results.get("timm_train", {})
+    if args.peer and "error" not in peer:
+        tf32 = peer.get("float32_matmul_precision")
+        tf32 = f"; torch float32 matmul precision '{tf32}'" if gpu and tf32 else ""
+        print(f"peer: {peer['framework']}; {peer['note']}{tf32}")
+    print(
+        f"analytic forward: {fwd / 1e9:.2f} GFLOP/image (ViT-SE), {fwd_plain / 1e9:.2f} "
+        f"(plain ViT); utilisation = achieved FLOP/s / the {rate_key[7:]} matmul rate"
+    )
+    header = (
+        f"{args.model} at {args.image_size} px, {args.dtype}, train batch {args.batch}, "
+        f"inference batch {args.inference_batch}"
+    )
+    print_table(results, args, header, show_cpu=not gpu)
+    return {
+        "args": {k: v for k, v in vars(args).items() if k not in ("only", "result", "from_json")},
+        "machine": machine,
+        "load_average": loads,
+        "analytic_forward_flops": fwd,
+        "utilisation_against": rate_key,
+        "results": results,
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.only:
+        return child_main(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        for key, value in saved["args"].items():
+            if key not in ("json_out", "peer_python"):
+                setattr(args, key, value)
+        results, loads = saved["results"], saved["load_average"]
+    else:
+        results, loads = measure_all(args)
+    summary = report(args, results, loads)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=1)
+        print(f"wrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
