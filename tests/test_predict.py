@@ -10,12 +10,11 @@ that video frames reach the model as RGB, bad-file reporting, and the --npz/--la
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
+from conftest import run_module
 
 from vit_se import inference, predict
 from vit_se.datasets.labels import CLASS_NAMES
@@ -24,21 +23,6 @@ from vit_se.datasets.synthetic_faces import draw_face, save_image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["file", "frame", "predicted", "confidence", *CLASS_NAMES]
 VIDEO_FRAMES = 10
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-
-
-def _run(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +139,7 @@ def test_unreadable_inputs_are_listed_or_skipped(trained, inputs, tmp_path):
 
 def test_cli_writes_table_and_csv(workdir, inputs, tmp_path):
     out = tmp_path / "out" / "preds.csv"
-    r = _run(
-        "-m",
+    r = run_module(
         "vit_se.predict",
         f"--workdir={workdir}",
         "--params=best_params.npz",
@@ -187,7 +170,7 @@ def test_cli_writes_table_and_csv(workdir, inputs, tmp_path):
 def test_cli_bad_file_fails_naming_it_and_writes_nothing(workdir, inputs, tmp_path):
     out = tmp_path / "preds.json"
     good = inputs["image_files"][0]
-    r = _run("-m", "vit_se.predict", f"--workdir={workdir}", f"--out={out}", good, inputs["bad"])
+    r = run_module("vit_se.predict", f"--workdir={workdir}", f"--out={out}", good, inputs["bad"])
     assert r.returncode == 1
     tail = r.stderr.strip().splitlines()[-2:]
     assert tail[0] == ("vit_se.predict: 1 unreadable input(s) (pass --skip_bad to skip them):"), (
@@ -204,8 +187,7 @@ def test_cli_official_npz_with_labels_file_and_skip_bad(workdir, trained, inputs
     labels.write_text("\n".join(names) + "\n")
     out = tmp_path / "preds.json"
     good = inputs["image_files"][:2]
-    r = _run(
-        "-m",
+    r = run_module(
         "vit_se.predict",
         f"--npz={workdir}/params.npz",
         "--variant=tiny/8",
@@ -236,8 +218,7 @@ def test_cli_official_npz_with_labels_file_and_skip_bad(workdir, trained, inputs
 
 def test_cli_official_npz_with_labels_list(workdir, inputs, tmp_path):
     out = tmp_path / "p.csv"
-    r = _run(
-        "-m",
+    r = run_module(
         "vit_se.predict",
         f"--npz={workdir}/params.npz",
         "--variant=tiny/8",
@@ -255,7 +236,7 @@ def test_cli_official_npz_with_labels_list(workdir, inputs, tmp_path):
 
 
 def test_flag_errors(workdir):
-    r = _run("-m", "vit_se.predict", f"--workdir={workdir}", "--out=x.txt", "a.png")
+    r = run_module("vit_se.predict", f"--workdir={workdir}", "--out=x.txt", "a.png")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == (
         "vit_se.predict: --out must end with .csv or .json, got 'x.txt'"
