@@ -20,7 +20,6 @@ from vit_se import inference, predict
 from vit_se.datasets.labels import CLASS_NAMES
 from vit_se.datasets.synthetic_faces import draw_face, save_image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLUMNS = ["file", "frame", "predicted", "confidence", *CLASS_NAMES]
 VIDEO_FRAMES = 10
 
