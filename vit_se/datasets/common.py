@@ -38,6 +38,19 @@ def check_manual_dir(manual_dir, dataset_name, hint):
     return path
 
 
+class SkipBadImages:
+    """Mixin giving a builder the `skip_bad_images` keyword (see ImageReader).
+
+    Recorded in tfds' `_original_state` too, so a builder re-created from its pickled state (as
+    tfds does for distributed generation) keeps the choice.
+    """
+
+    def __init__(self, *, skip_bad_images=False, **kwargs):
+        self._skip_bad_images = skip_bad_images
+        super().__init__(**kwargs)
+        self._original_state["skip_bad_images"] = skip_bad_images
+
+
 def manual_dir(dl_manager, dataset_name, hint):
     """The checked manual dir of a build.
 

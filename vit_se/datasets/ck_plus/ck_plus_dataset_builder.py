@@ -165,7 +165,7 @@ class _Item:
     frame: int
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     """CK+ (extended Cohn-Kanade) posed expression sequences, in subject-independent folds.
 
     Pass `skip_bad_images=True` to drop unreadable files (counted in a warning and in
@@ -190,10 +190,6 @@ or their extracted folders
 folder instead: DIR/CK+48/{anger,contempt,disgust,fear,happy,sadness,surprise}/S010_004_00000017.png
 (or its .zip). Folders are found up to four levels below DIR.
 """
-
-    def __init__(self, *, skip_bad_images=False, **kwargs):
-        self._skip_bad_images = skip_bad_images
-        super().__init__(**kwargs)
 
     def _info(self):
         config = self.builder_config

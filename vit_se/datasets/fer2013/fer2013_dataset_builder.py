@@ -184,7 +184,7 @@ def _read_ferplus(path):
     return out
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     """FER-2013: 35,887 48x48 gray faces, 7 classes, train / public_test / private_test.
 
     Pass `skip_bad_images=True` to drop unreadable images or malformed CSV rows (counted in a
@@ -223,11 +223,6 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
                    DIR/test/<class>/PrivateTest_<n>.jpg, with <class> one of angry disgust fear
                    happy neutral sad surprise; or its zip, DIR/archive.zip or DIR/fer2013.zip.
 """
-
-    def __init__(self, *, skip_bad_images=False, **kwargs):
-        self._skip_bad_images = skip_bad_images
-        super().__init__(**kwargs)
-        self._original_state["skip_bad_images"] = skip_bad_images  # kept when pickled
 
     def _info(self):
         features = {

@@ -73,7 +73,7 @@ class JaffeConfig(tfds.core.BuilderConfig):
     face_size: int = 0
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     """JAFFE, 213 gray tiffs of 10 Japanese female posers, in leave-one-poser-out folds.
 
     Pass `skip_bad_images=True` to drop unreadable files (counted in a warning and in
@@ -102,10 +102,6 @@ extracted folder, e.g. DIR/jaffe/KA.AN1.39.tiff ... DIR/jaffe/YM.SU3.60.tiff: th
 `<poser>.<EXPR><n>.<id>.tiff` unchanged. Folders are searched recursively; other files (README,
 __MACOSX) are ignored.
 """
-
-    def __init__(self, *, skip_bad_images=False, **kwargs):
-        self._skip_bad_images = skip_bad_images
-        super().__init__(**kwargs)
 
     def _info(self):
         size = self.builder_config.face_size or None

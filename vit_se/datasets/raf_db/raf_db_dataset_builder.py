@@ -87,7 +87,7 @@ def image_file_name(name, images):
     return f"{stem}_aligned{ext}"
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     """RAF-DB basic: 15,339 in-the-wild faces, official train/test split, 7 classes.
 
     Pass `skip_bad_images=True` to drop unreadable or missing images (counted in a warning and in
@@ -123,11 +123,6 @@ A zip of the whole folder, DIR/basic.zip holding basic/..., is accepted too, and
 DIR/basic/basic/... (some downloads nest it). Config `aligned` needs only the aligned images,
 `original` only the original ones. Zips protected by a password must be extracted by hand.
 """
-
-    def __init__(self, *, skip_bad_images=False, **kwargs):
-        self._skip_bad_images = skip_bad_images
-        super().__init__(**kwargs)
-        self._original_state["skip_bad_images"] = skip_bad_images  # kept when pickled
 
     def _info(self):
         return self.dataset_info_from_configs(

@@ -66,7 +66,7 @@ class SfewConfig(tfds.core.BuilderConfig):
     face_size: int = 0
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     """SFEW 2.0 (EmotiW 2015): faces in movie frames, 7 classes, official train/validation.
 
     Pass `skip_bad_images=True` to drop unreadable images (counted in a warning and in
@@ -104,11 +104,6 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
 <Class> is one of Angry Disgust Fear Happy Neutral Sad Surprise. A zip may hold the class folders
 at its top or inside one folder. Test/ (no public labels) is not read.
 """
-
-    def __init__(self, *, skip_bad_images=False, **kwargs):
-        self._skip_bad_images = skip_bad_images
-        super().__init__(**kwargs)
-        self._original_state["skip_bad_images"] = skip_bad_images  # kept when pickled
 
     def _info(self):
         size = self.builder_config.face_size or None
