@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import train_worker
 
-from vit_se import checkpoint, optim, sharding, train, train_step
+from vit_se import checkpoint, optim, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
@@ -52,13 +52,7 @@ def one_device(tmp_path_factory):
 def test_loss_decreases_on_a_fixed_batch():
     config = train_worker.tiny_config()
     config.learning_rate = 0.05
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    model = train_step.create_model(config)
-    lr = optim.schedule(config, 10, 30)
-    tx = optim.optimizer(config, lr)
-    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
-    state = train_step.init_state(config, model, tx, state_sh)
-    step_fn = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    state, step_fn, _ = train_worker.setup(config, 30, jax.devices()[:1])
     batch = next(train_worker.batches(config, 1))
     losses = []
     for _ in range(30):
@@ -131,14 +125,8 @@ def test_fsdp_spec_picks_largest_divisible_dim():
 def test_freeze_backbone_trains_only_head_and_se():
     config = train_worker.tiny_config()
     config.freeze_backbone_steps = 3
-    mesh = sharding.make_mesh(jax.devices()[:1])
-    model = train_step.create_model(config)
-    lr = optim.schedule(config, 10, 10)
-    tx = optim.optimizer(config, lr)
-    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
-    state = train_step.init_state(config, model, tx, state_sh)
+    state, step_fn, _ = train_worker.setup(config, 10, jax.devices()[:1])
     before = jax.tree_util.tree_map(np.array, state.params)
-    step_fn = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
     batches = train_worker.batches(config, 4)
     for _ in range(3):
         state, _ = step_fn(state, next(batches))

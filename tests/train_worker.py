@@ -49,17 +49,23 @@ def batches(config, steps, seed=0):
         yield {"image": images, "label": labels}
 
 
-def run(config, steps):
-    from vit_se import input_pipeline, optim, sharding
-    from vit_se import train_step as train
+def setup(config, total_steps, devices=None):
+    """The trainer's own state and jitted step for `config` on a mesh over `devices`."""
+    from vit_se import optim, sharding, train_step
 
-    mesh = sharding.make_mesh()
-    model = train.create_model(config)
-    lr = optim.schedule(config, 100, steps)
+    mesh = sharding.make_mesh(devices)
+    model = train_step.create_model(config)
+    lr = optim.schedule(config, 100, total_steps)
     tx = optim.optimizer(config, lr)
-    _, state_sh = train.abstract_state(config, model, tx, mesh)
-    state = train.init_state(config, model, tx, state_sh)
-    step_fn = train.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
+    state = train_step.init_state(config, model, tx, state_sh)
+    return state, train_step.jit_train_step(model, tx, lr, config, state_sh, mesh), mesh
+
+
+def run(config, steps):
+    from vit_se import input_pipeline, sharding
+
+    state, step_fn, mesh = setup(config, steps)
     per_process = config.batch_size // jax.process_count()
     lo = jax.process_index() * per_process
     losses = []
