@@ -17,7 +17,6 @@ import tensorflow as tf
 
 from vit_se import checkpoint, model_configs, models
 from vit_se.datasets import common
-from vit_se.datasets.labels import CLASS_NAMES
 from vit_se.input_pipeline import eval_transform
 
 EXPORT_INFO = "export.json"
@@ -121,9 +120,3 @@ def preprocess(image, info):
     if info.get("face_crop"):
         image, _ = common.face_crop(image)
     return eval_transform(tf.constant(image, tf.uint8), preprocess_config(info)).numpy()
-
-
-def default_class_names(num_classes):
-    if num_classes == len(CLASS_NAMES):
-        return list(CLASS_NAMES)
-    return [f"class_{i}" for i in range(num_classes)]
