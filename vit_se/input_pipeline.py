@@ -65,11 +65,16 @@ def num_examples(builder, split):
     return builder.info.splits[split].num_examples
 
 
-def process_split(split):
-    """This process's share of a split (tfds even_splits over processes)."""
+def process_shards(split):
+    """The split cut into one share per process (tfds even_splits), in process order."""
     if jax.process_count() == 1:
-        return split
-    return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+        return [split]
+    return tfds.even_splits(split, n=jax.process_count())
+
+
+def process_split(split):
+    """This process's share of a split."""
+    return process_shards(split)[jax.process_index()]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +295,7 @@ class EvalData:
 
 def eval_dataset(builder, config, split, local_batch):
     """Padded, masked batches of this process's shard; every process yields `num_batches`."""
-    shards = tfds.even_splits(split, n=jax.process_count()) if jax.process_count() > 1 else [split]
+    shards = process_shards(split)
     sizes = [num_examples(builder, s) for s in shards]
     num_batches = max(1, math.ceil(max(sizes) / local_batch))
     ds = _encoded(builder, shards[jax.process_index()], config.face_crop)
