@@ -155,7 +155,9 @@ def test_batching_and_the_sowing_clone_change_nothing(tiny):
     pieces = attention.analyze(tiny, x, batch_size=2)  # 2 + 2 + 1 padded to 2
     for a, b in zip(whole, pieces, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(whole.logits, tiny.logits(x), atol=1e-6)
+    # The sowing clone computes the last block for every token (the plain model only for the
+    # class token): the same logits up to float32 summation order.
+    np.testing.assert_allclose(whole.logits, tiny.logits(x), rtol=1e-5, atol=1e-6)
     single = attention.attention_rollout(tiny, x[0])  # one SxSx3 image
     np.testing.assert_allclose(single[0], whole.rollout[0], atol=1e-6)
 

@@ -160,3 +160,68 @@ def test_attention_weights_can_be_sown_for_analysis():
     (weights,) = flat[key]
     assert weights.shape == (1, 2, 65, 65)
     np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-5)
+
+
+def _grads_and_logits(model, params, x, mutable=False):
+    def loss(p):
+        kwargs = {"mutable": ["intermediates"]} if mutable else {}
+        out = model.apply({"params": p}, x, train=True, **kwargs)
+        logits = out[0] if mutable else out
+        return jnp.sum(jnp.sin(logits)), logits
+
+    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return grads, logits
+
+
+@pytest.mark.parametrize("classifier", ["token", "gap"])
+def test_training_path_matches_plain_autodiff(classifier):
+    # The training path computes the last block for the class token only, recomputes the MLP's
+    # GELU in the backward pass, differentiates attention by hand and orders each block's
+    # backward; sow_attention=True switches all of that off (plain flax-style autodiff), so the
+    # two must agree on logits and on every gradient.
+    model = _tiny(classifier=classifier)
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 32, 32, 3))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params
+    )
+    grads, logits = jax.jit(lambda p: _grads_and_logits(model, p, x))(params)
+    plain = model.clone(sow_attention=True)
+    ref_grads, ref_logits = jax.jit(lambda p: _grads_and_logits(plain, p, x, True))(params)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    flat, ref = flax.traverse_util.flatten_dict(grads), flax.traverse_util.flatten_dict(ref_grads)
+    assert flat.keys() == ref.keys()
+    scale = max(float(np.max(np.abs(g))) for g in ref.values())
+    for key, g in flat.items():
+        np.testing.assert_allclose(g, ref[key], atol=1e-5 * scale, err_msg="/".join(key))
+
+
+def test_attention_backward_equals_autodiff_of_softmax():
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+    logits = 3.0 * jax.random.normal(k1, (2, 3, 5, 7))
+    values = jax.random.normal(k2, (2, 3, 7, 4))
+    g = jax.random.normal(k3, (2, 3, 5, 4))
+
+    def plain(s, v):
+        return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s), v)
+
+    out, vjp = jax.vjp(models._attend, logits, values)
+    ref_out, ref_vjp = jax.vjp(plain, logits, values)
+    np.testing.assert_allclose(out, ref_out, atol=1e-6)
+    for a, b in zip(vjp(g), ref_vjp(g), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_last_block_computes_the_class_token_only():
+    # Its queries come from token 0 alone ([B, 1, heads, d]), the other blocks' from all 65 tokens.
+    model = _tiny()
+    x = jnp.ones((2, 32, 32, 3))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    _, state = model.apply(
+        {"params": params}, x, capture_intermediates=True, mutable=["intermediates"]
+    )
+    flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+    query = "Transformer/encoderblock_{}/MultiHeadDotProductAttention_0/query/__call__"
+    assert flat[query.format(0)][0].shape == (2, 65, 2, 16)
+    assert flat[query.format(1)][0].shape == (2, 1, 2, 16)
+    assert flat["Transformer/encoder_norm/__call__"][0].shape == (2, 1, 32)
