@@ -61,6 +61,17 @@ def test_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_first_step_updates_the_fresh_state_in_place():
+    # The step donates its state. A fresh state whose arrays still share host (numpy) memory
+    # cannot be donated: the first step would silently allocate a second copy of everything.
+    config = train_worker.tiny_config()
+    state, step_fn, _ = train_worker.setup(config, 2, jax.devices()[:1])
+    before = [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(state.params)]
+    state, _ = step_fn(state, next(train_worker.batches(config, 1)))
+    after = [x.unsafe_buffer_pointer() for x in jax.tree_util.tree_leaves(state.params)]
+    assert before == after
+
+
 def test_accum_steps_equals_one_big_batch(one_device):
     losses, params, _ = train_worker.run(train_worker.tiny_config(accum=4), steps=5)
     accumulated = {"losses": losses}

@@ -34,6 +34,8 @@ from vit_se.train_step import (
     create_model,
     init_state,
     jit_train_step,
+    release_host_memory,
+    xla_owned,
 )
 
 EXPORT_INFO = "export.json"
@@ -305,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
     )
     if latest is not None:
-        state = mngr.restore(latest, args=ocp.args.StandardRestore(target))
+        state = xla_owned(mngr.restore(latest, args=ocp.args.StandardRestore(target)), state_sh)
         logging.info("Resumed from %s at step %d", workdir, latest)
     else:
         state = init_state(config, model, tx, state_sh)
@@ -361,6 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = input_pipeline.to_global(next(train_iter), batch_sh)
             state, step_metrics = train_step(state, batch)
+        if step == start_step + 1:
+            release_host_memory()  # what compiling the step freed
         pending.append(step_metrics)
         for hook in hooks:
             hook(step)
