@@ -112,6 +112,29 @@ def test_class_balanced_sampling_draws_every_class(builder):
     assert np.all(counts > 0) and counts.max() < 3 * counts.min(), counts
 
 
+def test_face_crop_runs_in_parallel_threads():
+    # tf.data's parallel map calls face_crop from several threads; one shared OpenCV detector
+    # failed there at random ("u->urefcount == 0"), so each thread gets its own.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vit_se.datasets import common as data_common
+
+    image = np.random.default_rng(0).integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    together = threading.Barrier(8, timeout=60)  # eight threads at once, each with its own task
+
+    def work(_):
+        together.wait()
+        for _ in range(20):
+            crop, _ = data_common.face_crop(image)
+            assert crop.shape[:2] == (120, 120)
+        return id(data_common._face_detector())
+
+    with ThreadPoolExecutor(8) as pool:
+        detectors = list(pool.map(work, range(8)))
+    assert len(set(detectors)) == 8
+
+
 def test_face_crop_in_the_pipeline_keeps_shapes(builder):
     config = _config()
     config.face_crop = True

@@ -8,9 +8,9 @@ bad file before failing, and why split sizes are compared with the official coun
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import threading
 import zlib
 
 import numpy as np
@@ -146,14 +146,25 @@ def check_count(dataset_name, split, got, expected):
     return True
 
 
-@functools.cache
-def _face_detector():
-    import cv2
+_THIS_THREAD = threading.local()
 
-    path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-    detector = cv2.CascadeClassifier(path)
-    if detector.empty():
-        raise RuntimeError(f"cannot load the OpenCV face detector from {path}")
+
+def _face_detector():
+    """This thread's Haar cascade.
+
+    One CascadeClassifier must not run detectMultiScale in two threads at once: tf.data's parallel
+    map calls face_crop from several, and a shared detector fails at random with OpenCV's
+    "u->urefcount == 0" assertion. Loading the cascade costs a few milliseconds per thread.
+    """
+    detector = getattr(_THIS_THREAD, "face_detector", None)
+    if detector is None:
+        import cv2
+
+        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+        detector = cv2.CascadeClassifier(path)
+        if detector.empty():
+            raise RuntimeError(f"cannot load the OpenCV face detector from {path}")
+        _THIS_THREAD.face_detector = detector
     return detector
 
 
