@@ -227,17 +227,18 @@ class Encoder1DBlock(nn.Module):
         return x + DropPath(self.drop_path_rate)(y, deterministic)
 
 
-def _backward_in_order(block, x, deterministic):
-    """`block(x)`, whose backward pass releases the input gradient only after the block's weight
-    gradients exist.
+def _backward_in_order(block, x):
+    """`block(x)` in training, whose backward pass releases the input gradient only after the
+    block's weight gradients exist.
 
     XLA:CPU's scheduler otherwise runs every weight-gradient matmul after the whole backward pass,
     keeping each block's saved activations (and output gradients) alive until then. The order is a
-    data dependence: the input gradient gets `0 * w` added, w an element of each weight gradient.
+    data dependence: the input gradient gets `0 * w` added, w an element of each weight gradient
+    (so a non-finite weight gradient also reaches the input gradient; it spoils the update anyway).
     """
 
     def apply(module, x):
-        return module(x, deterministic)
+        return module(x, False)  # not deterministic: training
 
     def forward(module, x):
         return nn.vjp(apply, module, x)
@@ -280,7 +281,7 @@ class Encoder(nn.Module):
                 name=f"encoderblock_{i}",
             )
             if train and not self.sow_attention:
-                x = _backward_in_order(block, x, deterministic=False)
+                x = _backward_in_order(block, x)
             else:
                 x = block(x, deterministic=not train)
         return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
