@@ -93,19 +93,12 @@ class MlpBlock(nn.Module):
 
     @nn.compact
     def __call__(self, inputs, deterministic):
-        x = nn.Dense(
-            self.mlp_dim,
-            dtype=self.dtype,
+        init = dict(
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
-            name="Dense_0",
-        )(inputs)
-        kernel, bias = DenseParams(
-            inputs.shape[-1],
-            kernel_init=nn.initializers.xavier_uniform(),
-            bias_init=nn.initializers.normal(stddev=1e-6),
-            name="Dense_1",
-        )(self.mlp_dim)
+        )
+        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **init)(inputs)
+        kernel, bias = DenseParams(inputs.shape[-1], name="Dense_1", **init)(self.mlp_dim)
         kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
         if deterministic or self.dropout_rate == 0.0:
             return _gelu_dense_remat(x, kernel, bias)
@@ -117,7 +110,7 @@ class MlpBlock(nn.Module):
 def _attend(logits, values):
     """softmax(logits) @ values over [B, H, Q, K] x [B, H, K, D]; the backward pass keeps only the
     probabilities (autodiff through jax.nn.softmax also keeps its exponentials)."""
-    return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(logits), values)
+    return _attend_fwd(logits, values)[0]
 
 
 def _attend_fwd(logits, values):
