@@ -303,7 +303,7 @@ def measure_jax_infer(args):
     steps, warmup = _defaults(args, info["platform"] == "gpu")
     model = train_step.create_model(config)
     dummy = jnp.zeros((1, args.image_size, args.image_size, 3), jnp.float32)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), dummy)["params"]
+    params = train_step.jit_model_init(model)(jax.random.PRNGKey(0), dummy)["params"]
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
     images = _batch(jax, args.inference_batch, args.image_size)["image"]
     t0 = time.perf_counter()

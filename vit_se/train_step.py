@@ -148,6 +148,19 @@ def xla_owned(tree, shardings):
     return jax.jit(lambda t: jax.tree_util.tree_map(jnp.copy, t), out_shardings=shardings)(tree)
 
 
+def jit_model_init(model):
+    """`model.init`, jitted; on a CPU with CPU_COMPILER_OPTIONS.
+
+    Initialisation is one independent random draw per parameter, and XLA:CPU's default schedule
+    draws them all before it writes any out: B/16 plans 439 MiB of scratch on top of its 328 MiB
+    of parameters, and inference, which needs nothing else, peaked there (1.3 GB RSS). The
+    memory-optimised schedule writes each parameter as it is drawn (18 MiB of scratch, 0.8 GB);
+    the values are the same.
+    """
+    on_cpu = jax.default_backend() == "cpu"
+    return jax.jit(model.init, compiler_options=CPU_COMPILER_OPTIONS if on_cpu else None)
+
+
 def jit_train_step(model, tx, lr_schedule, config, state_sh, mesh):
     on_cpu = mesh.devices.flat[0].platform == "cpu"
     return jax.jit(
@@ -173,7 +186,7 @@ def release_host_memory():
 def _init_params(config, model):
     """Fresh parameters, then an official checkpoint or an earlier run's export on top."""
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    params = jax.jit(model.init)(jax.random.PRNGKey(config.seed), dummy)["params"]
+    params = jit_model_init(model)(jax.random.PRNGKey(config.seed), dummy)["params"]
     params = jax.tree_util.tree_map(np.asarray, params)
     source = config.get("pretrained_path") or (
         os.path.join(config.init_from, EXPORT_PARAMS) if config.get("init_from") else None
