@@ -3,6 +3,7 @@
   python benchmarks/train_speed.py                        # ViT-SE B/16, batch 8, 224 px
   python benchmarks/train_speed.py --peer                 # and timm's ViT-B/16 side by side
   python benchmarks/train_speed.py --peer --steps=20 --warmup=5 --json_out=/tmp/speed.json
+  python benchmarks/train_speed.py --peer --rounds=3     # 3 alternating JAX/timm rounds
   python benchmarks/train_speed.py --from_json=/tmp/speed.json      # re-print a saved run
 
 What it prints, for the machine it runs on:
@@ -27,7 +28,9 @@ What it prints, for the machine it runs on:
 
 Every measurement runs in its own subprocess (`--only=NAME`), so that peak RSS is that
 measurement's alone, JAX and torch never share a process (or a GPU's memory pool), and XLA_FLAGS
-set in the environment reach every JAX measurement.
+set in the environment reach every JAX measurement. A shared CPU's speed drifts by a few per cent
+over minutes, as much as the JAX/timm difference: --rounds=N repeats each pair N times, alternating
+which side goes first, and prints every round's ratio.
 
 Only TF-free modules of vit_se are imported (train_step, optim, sharding, models,
 model_configs and configs.common), so this runs on accelerator machines that have JAX, Flax,
@@ -73,6 +76,12 @@ def parse_args(argv=None):
         "--peer_python",
         default=sys.executable,
         help="interpreter with torch+timm for the peer (default: this one)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --peer: run each JAX/timm pair this many times, alternating which goes first",
     )
     p.add_argument("--json_out", default=None, help="write every figure here as JSON")
     p.add_argument("--from_json", default=None, help="re-print the table of a --json_out file")
@@ -473,22 +482,103 @@ def print_table(results, args, header, show_cpu):
 
 
 def measure_all(args):
-    """Runs every measurement in its own subprocess; returns the raw results and load averages."""
-    names = ["matmul", "jax_train", "jax_infer"]
-    names += ["timm_train", "timm_infer"] if args.peer else []
-    names += ["matmul"]  # again at the end: the better of the two is the machine's rate
-    results = {}
+    """Runs every measurement in its own subprocess; returns the raw results and load averages.
+
+    With --rounds=N each JAX measurement and its timm counterpart run N times, in turn and in
+    alternating order (JAX first, then timm first, ...), so that a machine that speeds up or slows
+    down during the run moves both sides alike; each round's ratio is reported besides the pooled
+    figures.
+    """
+    kinds = ("train", "infer")
+    frameworks = ("jax", "timm") if args.peer else ("jax",)
+    runs = {f"{fw}_{kind}": [] for kind in kinds for fw in frameworks}
     load0 = os.getloadavg()
-    for i, name in enumerate(names):
-        print(f"measuring {name} ...", flush=True)
-        python = args.peer_python if name.startswith("timm") else sys.executable
-        key = "matmul_end" if name == "matmul" and i else name
-        results[key] = r = run_child(name, args, python)
-        if "error" in r:
-            print(f"  {name}: not measured ({r['error']})", flush=True)
-        elif "step_times" in r:
-            print(f"  step times s: {', '.join(f'{t:.3g}' for t in r['step_times'])}", flush=True)
+    results = {"matmul": _run_reported("matmul", args)}
+    for r in range(args.rounds):
+        for kind in kinds:
+            for fw in frameworks if r % 2 == 0 else frameworks[::-1]:
+                name = f"{fw}_{kind}"
+                round_note = f" (round {r + 1} of {args.rounds})" if args.rounds > 1 else ""
+                runs[name].append(_run_reported(name, args, round_note))
+    results.update({name: merge_rounds(rs) for name, rs in runs.items()})
+    # Again at the end: the better of the two is the machine's rate.
+    results["matmul_end"] = _run_reported("matmul", args)
     return results, [load0, os.getloadavg()]
+
+
+def _run_reported(name, args, note=""):
+    print(f"measuring {name}{note} ...", flush=True)
+    python = args.peer_python if name.startswith("timm") else sys.executable
+    r = run_child(name, args, python)
+    if "error" in r:
+        print(f"  {name}: not measured ({r['error']})", flush=True)
+    elif "step_times" in r:
+        print(f"  step times s: {', '.join(f'{t:.3g}' for t in r['step_times'])}", flush=True)
+    return r
+
+
+ROUND_KEYS = ("step_times", "peak_rss_bytes", "peak_device_bytes", "others_cpu_share")
+
+
+def merge_rounds(rounds):
+    """One measurement's rounds as one result: all step times pooled, the highest peak memory,
+    the mean share of others' CPU; each round's own figures kept under 'rounds'."""
+    failed = [r for r in rounds if "error" in r]
+    if failed:
+        return failed[0]
+    merged = dict(rounds[0])
+    if len(rounds) == 1:
+        return merged
+    merged["step_times"] = [t for r in rounds for t in r["step_times"]]
+    for key in ("peak_rss_bytes", "peak_device_bytes"):
+        if key in merged:
+            merged[key] = max(r[key] for r in rounds)
+    shares = [r["others_cpu_share"] for r in rounds if "others_cpu_share" in r]
+    if shares:
+        merged["others_cpu_share"] = sum(shares) / len(shares)
+    merged["rounds"] = [{k: r[k] for k in ROUND_KEYS if k in r} for r in rounds]
+    return merged
+
+
+def round_ratios(jax_result, timm_result, batch):
+    """JAX/timm images/s and peak memory of each round, or None without rounds."""
+    a, b = jax_result.get("rounds"), timm_result.get("rounds")
+    if not a or not b or len(a) != len(b):
+        return None
+
+    def speed(r):
+        return batch * len(r["step_times"]) / sum(r["step_times"])
+
+    def peak(r):
+        return r.get("peak_device_bytes", r["peak_rss_bytes"])
+
+    return {
+        "speed": [speed(x) / speed(y) for x, y in zip(a, b, strict=True)],
+        "memory": [peak(x) / peak(y) for x, y in zip(a, b, strict=True)],
+    }
+
+
+def _median(xs):
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def print_round_ratios(results, args):
+    for kind, batch in (("train", args.batch), ("infer", args.inference_batch)):
+        ratios = round_ratios(
+            results.get(f"jax_{kind}", {}), results.get(f"timm_{kind}", {}), batch
+        )
+        if not ratios:
+            continue
+        for what in ("speed", "memory"):
+            each = ", ".join(f"{x:.2f}x" for x in ratios[what])
+            label = "images/s" if what == "speed" else "peak memory"
+            print(
+                f"  {kind} {label} JAX/timm by round: {each} "
+                f"(median {_median(ratios[what]):.2f}x, range {min(ratios[what]):.2f}x"
+                f"-{max(ratios[what]):.2f}x)"
+            )
 
 
 def _rate(flops_per_s):
@@ -560,6 +650,8 @@ def report(args, results, loads):
         f"inference batch {args.inference_batch}"
     )
     print_table(results, args, header, show_cpu=not gpu)
+    if args.peer:
+        print_round_ratios(results, args)
     return {
         "args": {k: v for k, v in vars(args).items() if k not in ("only", "result", "from_json")},
         "machine": machine,
@@ -572,6 +664,8 @@ def report(args, results, loads):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.rounds < 1:
+        sys.exit(f"--rounds: expected at least 1, got {args.rounds}")
     if args.only:
         return child_main(args)
     if args.from_json:

@@ -1,0 +1,66 @@
+"""The benchmark scripts run, and their side-by-side protocol adds up (speeds are not tested)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import train_speed  # noqa: E402
+
+
+def _round(times, peak, others=0.0):
+    return {"step_times": times, "peak_rss_bytes": peak, "others_cpu_share": others}
+
+
+def test_merge_rounds_pools_times_and_keeps_the_highest_peak():
+    merged = train_speed.merge_rounds(
+        [dict(_round([1.0, 3.0], 100, 0.1), compile_s=5), _round([2.0], 300, 0.3)]
+    )
+    assert merged["step_times"] == [1.0, 3.0, 2.0]
+    assert merged["peak_rss_bytes"] == 300
+    assert merged["others_cpu_share"] == pytest.approx(0.2)
+    assert merged["compile_s"] == 5
+    assert [r["step_times"] for r in merged["rounds"]] == [[1.0, 3.0], [2.0]]
+
+
+def test_merge_rounds_reports_a_failed_round():
+    merged = train_speed.merge_rounds([_round([1.0], 1), {"error": "exit 1: boom"}])
+    assert merged == {"error": "exit 1: boom"}
+
+
+def test_round_ratios_compare_each_round_with_its_own_peer():
+    jax_result = train_speed.merge_rounds([_round([2.0, 2.0], 90), _round([4.0], 110)])
+    timm_result = train_speed.merge_rounds([_round([4.0], 100), _round([4.0, 4.0], 100)])
+    ratios = train_speed.round_ratios(jax_result, timm_result, batch=8)
+    assert ratios["speed"] == pytest.approx([2.0, 1.0])
+    assert ratios["memory"] == pytest.approx([0.9, 1.1])
+    assert train_speed.round_ratios(train_speed.merge_rounds([_round([1.0], 1)]), {}, 8) is None
+
+
+def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "train_speed.py"),
+        "--model=tiny/4",
+        "--image_size=16",
+        "--steps=2",
+        "--warmup=1",
+        "--rounds=2",
+        f"--json_out={out}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "train images/s" in proc.stdout
+    results = json.loads(out.read_text())["results"]
+    for name in ("jax_train", "jax_infer"):
+        assert "error" not in results[name], results[name]
+        assert len(results[name]["rounds"]) == 2
+        assert len(results[name]["step_times"]) == 4
+        assert results[name]["images_per_s"] > 0
+    assert results["jax_train"]["xla_temp_bytes"] >= 0
