@@ -12,6 +12,7 @@ import json
 import os
 
 import cv2
+import jax
 import numpy as np
 import pytest
 from conftest import run_module
@@ -73,6 +74,12 @@ def inputs(tmp_path_factory):
         "clip": str(clip),
         "bad": str(bad),
     }
+
+
+def test_trained_params_live_on_the_device(trained):
+    # Host (numpy) parameters would be copied to the device again on every batch.
+    leaves = jax.tree_util.tree_leaves(trained.params)
+    assert leaves and all(isinstance(x, jax.Array) for x in leaves)
 
 
 def _check_row(row, class_names):
