@@ -153,9 +153,9 @@ def jit_model_init(model):
 
     Initialisation is one independent random draw per parameter, and XLA:CPU's default schedule
     draws them all before it writes any out: B/16 plans 439 MiB of scratch on top of its 328 MiB
-    of parameters, and inference, which needs nothing else, peaked there (1.3 GB RSS). The
-    memory-optimised schedule writes each parameter as it is drawn (18 MiB of scratch, 0.8 GB);
-    the values are the same.
+    of parameters, and a process that initialises B/16 and runs its forward pass peaked there
+    (1.3 GB RSS). The memory-optimised schedule writes each parameter as it is drawn (18 MiB of
+    scratch, 0.8 GB); the values are the same.
     """
     on_cpu = jax.default_backend() == "cpu"
     return jax.jit(model.init, compiler_options=CPU_COMPILER_OPTIONS if on_cpu else None)
