@@ -64,3 +64,12 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         assert len(results[name]["step_times"]) == 4
         assert results[name]["images_per_s"] > 0
     assert results["jax_train"]["xla_temp_bytes"] >= 0
+
+
+def test_cpu_breakdown_times_every_piece():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_breakdown.py"), "--repeats=1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split(",")[0] for line in proc.stdout.splitlines() if "," in line]
+    for piece in ("dense 768->768", "dense 768->3072", "dense 3072->768", "attention", "adamw"):
+        assert piece in rows, proc.stdout
