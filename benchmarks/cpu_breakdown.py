@@ -94,7 +94,7 @@ def measure_jax(repeats):
 
     # Donated and compiled as the train step is, so the update runs in place.
     state = [params, jax.jit(tx.init)(params)]
-    options = train_step.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+    options = train_step.compiler_options(jax.default_backend())
     compiled = (
         jax.jit(update, donate_argnums=(0, 1), compiler_options=options)
         .lower(*state, grads)
