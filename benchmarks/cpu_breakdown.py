@@ -23,11 +23,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# Also puts the repository on sys.path, for vit_se and configs.
+from train_speed import _jax_setup, _median, _time_steps, parse_args
 
 BATCH, HEADS, TOKENS, HEAD_DIM, WIDTH, MLP = 8, 12, 197, 64, 768, 3072
 ROWS = BATCH * TOKENS
@@ -35,14 +33,9 @@ DENSE = ((WIDTH, WIDTH), (WIDTH, MLP), (MLP, WIDTH))
 ATTN_FLOPS = 2 * 2 * BATCH * HEADS * TOKENS * TOKENS * HEAD_DIM  # q.k and p.v, forward
 
 
-def _median_s(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def _median_s(fn, repeats, sync=lambda x: x):
+    """Median seconds of `repeats` calls after one untimed call (train_speed's timing loop)."""
+    return _median(_time_steps(fn, repeats, 1, sync))
 
 
 def measure_jax(repeats):
@@ -50,7 +43,6 @@ def measure_jax(repeats):
     import jax.numpy as jnp
     import numpy as np
     import optax
-    from train_speed import _jax_setup, parse_args
 
     from vit_se import models, optim, train_step
 
@@ -61,7 +53,7 @@ def measure_jax(repeats):
 
     def timed(f, *args):
         compiled = jax.jit(f).lower(*args).compile()
-        return _median_s(lambda: jax.block_until_ready(compiled(*args)), repeats)
+        return _median_s(lambda: compiled(*args), repeats, jax.block_until_ready)
 
     out = {}
     for k, n in DENSE:
@@ -103,9 +95,9 @@ def measure_jax(repeats):
 
     def step():
         state[:] = compiled(*state, grads)
-        jax.block_until_ready(state)
+        return state
 
-    out["adamw"] = {"update (in place)": _median_s(step, repeats)}
+    out["adamw"] = {"update (in place)": _median_s(step, repeats, jax.block_until_ready)}
     return out
 
 
