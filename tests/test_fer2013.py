@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vit_se.datasets import common, labels
-from vit_se.datasets.fer2013 import fake_data, ferplus_label
+from vit_se.datasets.fer2013 import fake_data, ferplus_distribution, ferplus_label
 
 tfds.disable_progress_bar()
 COUNTS = {"train": 14, "public_test": 7, "private_test": 7}
@@ -84,6 +84,54 @@ def test_ferplus_rule(row, want):
     assert ferplus_label(row) == want
 
 
+HAPPY, SAD, ANGRY = (labels.CLASS_NAMES.index(n) for n in ("happy", "sad", "angry"))
+
+
+@pytest.mark.parametrize(
+    "row, plurality, majority",
+    [
+        (votes(happiness=6, neutral=3, surprise=1), (HAPPY, None), (HAPPY, None)),
+        (votes(happiness=5, neutral=4), (HAPPY, None), (HAPPY, None)),  # 5 of 9 > half
+        (votes(anger=4, disgust=3, contempt=3), (ANGRY, None), (None, "no majority")),
+        (votes(sadness=5, neutral=5), (None, "tie"), (None, "no majority")),  # 5 of 10 = half
+        (votes(contempt=6, happiness=4), (None, "contempt"), (None, "contempt")),
+        (votes(unknown=6, sadness=4), (None, "unknown"), (None, "unknown")),
+        (votes(NF=10), (None, "NF"), (None, "NF")),
+        (votes(), (None, "no votes"), (None, "no votes")),
+    ],
+)
+def test_ferplus_modes_rule(row, plurality, majority):
+    assert ferplus_label(row, "plurality") == plurality
+    assert ferplus_label(row, "majority") == majority
+    assert ferplus_label(row, "probability") == plurality  # probability keeps plurality's rows
+    with pytest.raises(ValueError, match="FER\\+ mode 'mean' is not one of plurality"):
+        ferplus_label(row, "mean")
+
+
+@pytest.mark.parametrize(
+    "row, want",
+    [
+        # contempt votes are left out: 6 happy + 2 sad of the 8 basic votes
+        (votes(happiness=6, sadness=2, contempt=2), {"happy": 0.75, "sad": 0.25}),
+        # unknown and NF too
+        (votes(unknown=5, NF=2, fear=1, anger=1), {"fear": 0.5, "angry": 0.5}),
+        (
+            votes(neutral=7, surprise=2, disgust=1),
+            {"neutral": 0.7, "surprise": 0.2, "disgust": 0.1},
+        ),
+    ],
+)
+def test_ferplus_distribution(row, want):
+    got = ferplus_distribution(row)
+    assert got.dtype == np.float32 and got.shape == (7,)
+    expected = [want.get(name, 0.0) for name in labels.CLASS_NAMES]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_ferplus_distribution_without_basic_votes():
+    assert ferplus_distribution(votes(contempt=4, unknown=3, NF=3)) is None
+
+
 def test_ferplus_columns_map_to_canonical_labels():
     expected = {
         "neutral": "neutral",
@@ -142,6 +190,75 @@ def test_ferplus(fake_csv, tmp_path, caplog):
     assert dropped["train"] == {"tie": 1, "contempt": 1, "unknown": 1, "NF": 1}
     assert sum(dropped["public_test"].values()) + sum(dropped["private_test"].values()) == 6
     assert "fer2013/ferplus: split 'train': 4 rows dropped" in caplog.text
+
+
+# Rows 0..27 of the fake (train 0-13, public 14-20, private 21-27; label = index in split % 7),
+# by vote pattern row % 10 (fake_data.ferplus_votes): 0-4 majority winner, 5 plurality winner
+# without a majority, 6 tie, 7 contempt, 8 unknown, 9 NF winner.
+MODE_ROWS = {
+    "ferplus": {
+        "train": [0, 1, 2, 3, 4, 5, 10, 11, 12, 13],
+        "public_test": [14, 15, 20],
+        "private_test": [21, 22, 23, 24, 25],
+    },
+    "ferplus_majority": {
+        "train": [0, 1, 2, 3, 4, 10, 11, 12, 13],
+        "public_test": [14, 20],
+        "private_test": [21, 22, 23, 24],
+    },
+}
+MODE_ROWS["ferplus_probability"] = MODE_ROWS["ferplus"]
+MODE_DROPPED = {
+    "ferplus": {
+        "train": {"tie": 1, "contempt": 1, "unknown": 1, "NF": 1},
+        "public_test": {"tie": 1, "contempt": 1, "unknown": 1, "NF": 1},
+        "private_test": {"tie": 1, "contempt": 1},
+    },
+    "ferplus_majority": {
+        "train": {"no majority": 2, "contempt": 1, "unknown": 1, "NF": 1},
+        "public_test": {"no majority": 2, "contempt": 1, "unknown": 1, "NF": 1},
+        "private_test": {"no majority": 2, "contempt": 1},
+    },
+}
+MODE_DROPPED["ferplus_probability"] = MODE_DROPPED["ferplus"]
+
+
+@pytest.mark.parametrize("config", ["ferplus", "ferplus_majority", "ferplus_probability"])
+def test_ferplus_modes_keep_exact_rows(fake_csv, tmp_path, config):
+    builder = build(fake_csv[0], tmp_path, config)
+    assert split_sizes(builder) == {"train": 10, "public_test": 3, "private_test": 5} | (
+        {"train": 9, "public_test": 2, "private_test": 4} if config == "ferplus_majority" else {}
+    )
+    for split, rows in MODE_ROWS[config].items():
+        got = examples(builder, split)
+        offset = {"train": 0, "public_test": 14, "private_test": 21}[split]
+        assert {row: int(ex["label"]) for row, ex in got.items()} == {
+            row: (row - offset) % 7 for row in rows
+        }
+    assert builder.info.metadata["dropped_rows"] == MODE_DROPPED[config]
+    has_distribution = "label_distribution" in builder.info.features
+    assert has_distribution == (config == "ferplus_probability")
+
+
+def test_ferplus_probability_distributions(fake_csv, tmp_path):
+    builder = build(fake_csv[0], tmp_path, "ferplus_probability")
+    feature = builder.info.features["label_distribution"]
+    assert feature.shape == (7,) and feature.dtype == np.float32
+    got = {row: ex for split in COUNTS for row, ex in examples(builder, split).items()}
+    for ex in got.values():
+        dist = ex["label_distribution"]
+        assert dist.dtype == np.float32 and abs(float(dist.sum()) - 1.0) < 1e-6
+        assert int(np.argmax(dist)) == int(ex["label"]) and np.sum(dist == dist.max()) == 1
+    # By hand from fake_data.ferplus_votes (order angry disgust fear happy sad surprise neutral):
+    want = {
+        0: [6, 2, 0, 0, 0, 0, 0],  # angry 6, disgust 2 (unknown 1 left out)
+        1: [0, 7, 2, 0, 0, 0, 0],  # disgust 7, fear 2
+        5: [0, 0, 0, 0, 0, 4, 3],  # surprise 4, neutral 3 (contempt 2, unknown 1 left out)
+        13: [2, 0, 0, 0, 0, 0, 6],  # neutral 6, angry 2
+        15: [0, 4, 3, 0, 0, 0, 0],  # disgust 4, fear 3 (contempt 2, unknown 1 left out)
+    }
+    for row, counts in want.items():
+        np.testing.assert_allclose(got[row]["label_distribution"], np.array(counts) / sum(counts))
 
 
 def test_ferplus_without_fer2013new(fake_csv, tmp_path):

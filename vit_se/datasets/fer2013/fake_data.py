@@ -3,8 +3,10 @@
 FER-2013 cannot be shipped, so tests and demos build the `fer2013` builder from these files:
 fer2013.csv with its real header and row order (Training, then PublicTest, then PrivateTest),
 optionally FER+'s fer2013new.csv beside it, or the image-folder variant with its real file names.
-Emotions cycle in code order. FER+ vote rows cycle through ten patterns: six with a clear winner
-(the drawn emotion), then a tie, a contempt, an unknown and an NF winner, which the builder drops.
+Emotions cycle in code order. FER+ vote rows cycle through ten patterns (row % 10): five with a
+majority winner (the drawn emotion), one (5) where the drawn emotion wins without a majority
+(4 of 10 votes, beside 3 for the next emotion, 2 contempt and 1 unknown), then a tie, a contempt,
+an unknown and an NF winner. Plurality and probability keep patterns 0-5, majority 0-4.
 
     python -m vit_se.datasets.fer2013.fake_data --out /tmp/fer_manual --ferplus
 """
@@ -29,14 +31,25 @@ _COLUMN_OF = {label: FERPLUS_COLUMNS.index(name) for name, label in FERPLUS_TO_C
 
 
 def ferplus_votes(row, label):
-    """The fake FER+ vote counts of a row: pattern row % 10, winner `label` for patterns 0-5."""
+    """The fake FER+ vote counts of a row: pattern row % 10, winner `label` for patterns 0-5.
+
+    Patterns 0-4: `label` 6, 7 or 8 votes (6 + pattern % 3), 2 for the next emotion
+    ((label + 1) % 7), 1 unknown. Pattern 5: `label` 4, next emotion 3, contempt 2, unknown 1.
+    Pattern 6: `label` and the next emotion 5 each. Patterns 7, 8, 9: contempt, unknown or NF 7,
+    `label` 3.
+    """
     votes = np.zeros(len(FERPLUS_COLUMNS), np.int32)
     pattern = row % 10
     other = _COLUMN_OF[(label + 1) % len(CLASS_NAMES)]
-    if pattern < 6:  # clear winner, with the minority votes FER+ rows usually have
+    if pattern < 5:  # majority winner, with the minority votes FER+ rows usually have
         votes[_COLUMN_OF[label]] = 6 + pattern % 3
         votes[other] += 2
         votes[FERPLUS_COLUMNS.index("unknown")] += 1
+    elif pattern == 5:  # plurality winner without a majority
+        votes[_COLUMN_OF[label]] = 4
+        votes[other] = 3
+        votes[FERPLUS_COLUMNS.index("contempt")] = 2
+        votes[FERPLUS_COLUMNS.index("unknown")] = 1
     elif pattern == 6:  # tie between two basic emotions
         votes[_COLUMN_OF[label]] = votes[other] = 5
     else:
@@ -67,7 +80,7 @@ def write_fake_fer2013(
       seed: seed of the drawings.
     Returns:
       per split, the row index (csv) or `train|test/<class>/<file>` (folders), the FER label and
-      the FER+ label (None when the row is dropped or no FER+ file is written).
+      the FER+ plurality label (None when plurality drops the row or no FER+ file is written).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")

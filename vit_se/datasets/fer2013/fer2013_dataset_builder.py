@@ -8,13 +8,28 @@ test set). Images are 48x48 gray, one channel.
 
 Configs:
   csv (default): fer2013.csv (`emotion,pixels,Usage`; 2304 space-separated ints per row).
-  ferplus: the same images relabelled by FER+ (`fer2013new.csv` beside the CSV, ten vote counts
-    per row, same row order). The label is the emotion with the most votes over all ten columns;
-    a row is dropped when that top count is shared (a tie), when it belongs to contempt, unknown
-    or NF (not a face), or when the row has no votes. This is plurality voting; the FER+
-    reference code's "majority" mode also drops single votes and requires more than half of the
-    rest, so it keeps fewer rows. The dropped rows are counted per split and reason in the log
-    and in `info.metadata['dropped_rows']`; `votes` keeps the raw counts for soft-label training.
+  ferplus, ferplus_majority, ferplus_probability: the same images relabelled by FER+
+    (`fer2013new.csv` beside the CSV: ten vote counts per row, neutral happiness surprise sadness
+    anger disgust fear contempt unknown NF, same row order as fer2013.csv), in the three label
+    modes of Barsoum et al. 2016 (their majority voting and their label-distribution targets):
+    ferplus (mode plurality, the 1.0.0 config, kept for compatibility): the label is the column
+      with the most votes over all ten; a row is dropped when that top count is shared ('tie'),
+      when it is contempt, unknown or NF, or when the row has no votes ('no votes').
+    ferplus_majority (mode majority): the label is the column holding more than half of all ten
+      columns' votes; a row is dropped when no column has ('no majority'), when that column is
+      contempt, unknown or NF, or when the row has no votes. Every kept row is also kept by
+      plurality, with the same label. FER+'s reference reader (src/ferplus.py) first zeroes
+      every single vote, which shrinks the total and so keeps a few more rows than this rule.
+    ferplus_probability (mode probability): the rows and labels of plurality, plus
+      `label_distribution`, float32 [7] in the canonical order: the seven basic emotions' votes
+      divided by their sum, the soft target of cross-entropy training. Contempt, unknown and NF
+      votes are left out of it: Barsoum et al. drop unknown and NF, and a 7-class model has no
+      contempt output (6 happiness, 2 sadness, 2 contempt gives happy 0.75, sad 0.25). Keeping
+      plurality's rows makes `label` the distribution's unique arg-max, so evaluation, which
+      counts the arg-max, reads the same test rows as plurality. Single votes are kept (the
+      reference reader's 'crossentropy' mode also trims to the top emotions).
+    The dropped rows are counted per split and reason in the log and in
+    `info.metadata['dropped_rows']`; `votes` keeps the raw counts in every mode.
   folders: the widely shared variant `train/<class>/Training_<n>.jpg`, `test/<class>/PublicTest_<n>
     .jpg` and `test/<class>/PrivateTest_<n>.jpg`; test images are split by their name prefix.
 """
@@ -61,26 +76,44 @@ _CITATION = """\
 """
 
 
+FERPLUS_MODES = ("plurality", "majority", "probability")
+# fer2013new.csv's column of each canonical class, in canonical order.
+_CANONICAL_COLUMNS = [
+    labels.FERPLUS_COLUMNS.index(
+        next(c for c, i in labels.FERPLUS_TO_CANONICAL.items() if i == label)
+    )
+    for label in range(len(labels.CLASS_NAMES))
+]
+
+
 @dataclasses.dataclass
 class Fer2013Config(tfds.core.BuilderConfig):
-    """`source` is 'csv', 'ferplus' or 'folders'."""
+    """`source` is 'csv', 'ferplus' or 'folders'; `ferplus_mode` one of FERPLUS_MODES."""
 
     source: str = "csv"
+    ferplus_mode: str = "plurality"
 
 
-def ferplus_label(votes):
+def ferplus_label(votes, mode="plurality"):
     """Returns the canonical label of one FER+ vote row, or the reason it is dropped.
 
-    `votes` are the ten counts in `labels.FERPLUS_COLUMNS` order. The winner is the column with
-    the most votes; the result is (label, None) when it is unique and a basic emotion, else
-    (None, reason) with reason 'tie', 'contempt', 'unknown', 'NF' or 'no votes'.
+    `votes` are the ten counts in `labels.FERPLUS_COLUMNS` order. The result is (label, None)
+    for a kept row, else (None, reason). Plurality (and probability, which keeps the same rows):
+    the column with the most votes must be unique ('tie') and a basic emotion ('contempt',
+    'unknown', 'NF'). Majority: the column must hold more than half of all votes ('no
+    majority') and be a basic emotion. A row without votes is 'no votes' in every mode.
     """
+    if mode not in FERPLUS_MODES:
+        raise ValueError(f"FER+ mode {mode!r} is not one of {', '.join(FERPLUS_MODES)}")
     votes = np.asarray(votes)
     top = votes.max()
     if top <= 0:
         return None, "no votes"
     winners = np.flatnonzero(votes == top)
-    if len(winners) > 1:
+    if mode == "majority":
+        if 2 * top <= votes.sum():
+            return None, "no majority"
+    elif len(winners) > 1:
         return None, "tie"
     column = labels.FERPLUS_COLUMNS[winners[0]]
     if column not in labels.FERPLUS_TO_CANONICAL:
@@ -88,7 +121,20 @@ def ferplus_label(votes):
     return labels.FERPLUS_TO_CANONICAL[column], None
 
 
-def read_csv(path, reader, ferplus_path=None):
+def ferplus_distribution(votes):
+    """The seven basic emotions' share of their votes, float32 [7] in canonical order.
+
+    Contempt, unknown and NF votes are left out (see the module docstring); None when no basic
+    emotion has a vote.
+    """
+    basic = np.asarray(votes, np.float64)[_CANONICAL_COLUMNS]
+    total = basic.sum()
+    if total <= 0:
+        return None
+    return (basic / total).astype(np.float32)
+
+
+def read_csv(path, reader, ferplus_path=None, mode="plurality"):
     """Reads fer2013.csv; returns (examples, rows_read, dropped).
 
     examples is {split: [(row, label, image, votes)]}; rows_read counts the rows of each split as
@@ -96,7 +142,8 @@ def read_csv(path, reader, ferplus_path=None):
     FER+ leaves out, keyed by (split, reason). Rows are numbered from 0 after the header (FER+'s
     order); messages give the file line too. A row whose pixels are malformed is recorded on
     `reader` like an unreadable image; a bad emotion code or Usage fails at once. With
-    `ferplus_path`, labels come from `ferplus_label` over fer2013new.csv's row of the same index.
+    `ferplus_path`, labels come from `ferplus_label(votes, mode)` over fer2013new.csv's row of the
+    same index.
     """
     out = {split: [] for split in OFFICIAL_COUNTS}
     read = Counter()
@@ -135,7 +182,7 @@ def read_csv(path, reader, ferplus_path=None):
                     raise ValueError(
                         f"{ferplus_path} line {row + 2}: Usage {plus_usage!r} differs from {where}"
                     )
-                label, reason = ferplus_label(row_votes)
+                label, reason = ferplus_label(row_votes, mode)
                 if label is None:
                     dropped[split, reason] += 1
                     continue
@@ -191,9 +238,11 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     warning and in `info.metadata['skipped_images']`) instead of failing the build.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: train/public_test/private_test; configs csv, ferplus, folders.",
+        "1.1.0": "FER+ label modes: configs ferplus_majority and ferplus_probability (with "
+        "label_distribution); ferplus is plurality as before.",
     }
     BUILDER_CONFIGS = [
         Fer2013Config(name="csv", source="csv", description="fer2013.csv with its own labels."),
@@ -202,6 +251,20 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
             source="ferplus",
             description="fer2013.csv images, FER+ plurality labels (ties, contempt, unknown and "
             "NF dropped).",
+        ),
+        Fer2013Config(
+            name="ferplus_majority",
+            source="ferplus",
+            ferplus_mode="majority",
+            description="fer2013.csv images, FER+ majority labels (a column with more than half "
+            "of the votes; other rows dropped).",
+        ),
+        Fer2013Config(
+            name="ferplus_probability",
+            source="ferplus",
+            ferplus_mode="probability",
+            description="FER+ plurality rows and labels plus label_distribution, the basic "
+            "emotions' normalised votes (soft targets).",
         ),
         Fer2013Config(
             name="folders",
@@ -216,7 +279,7 @@ learning-facial-expression-recognition-challenge/data); accept the competition r
 Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --manual_dir=DIR):
   csv config:      DIR/fer2013.csv, or DIR/fer2013/fer2013.csv, or the archive as downloaded,
                    DIR/fer2013.tar.gz (holding fer2013/fer2013.csv).
-  ferplus config:  the above plus fer2013new.csv from https://github.com/microsoft/FERPlus,
+  ferplus* configs: the above plus fer2013new.csv from https://github.com/microsoft/FERPlus,
                    beside fer2013.csv (DIR/fer2013new.csv or DIR/fer2013/fer2013new.csv).
   folders config:  the image-folder variant (e.g. Kaggle dataset msambare/fer2013) as
                    DIR/train/<class>/Training_<n>.jpg and DIR/test/<class>/PublicTest_<n>.jpg,
@@ -239,6 +302,13 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
                 shape=(len(labels.FERPLUS_COLUMNS),),
                 dtype=np.int32,
                 doc="FER+ vote counts: " + " ".join(labels.FERPLUS_COLUMNS),
+            )
+        if source == "ferplus" and self.builder_config.ferplus_mode == "probability":
+            features["label_distribution"] = tfds.features.Tensor(
+                shape=(len(labels.CLASS_NAMES),),
+                dtype=np.float32,
+                doc="The basic emotions' votes over their sum, canonical order; label is its "
+                "arg-max.",
             )
         return self.dataset_info_from_configs(
             description=__doc__,
@@ -264,7 +334,9 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
         ferplus_path = None
         if source == "ferplus":
             ferplus_path = _find_ferplus(manual_dir, csv_path)
-        rows, read, dropped = read_csv(csv_path, reader, ferplus_path)
+        rows, read, dropped = read_csv(
+            csv_path, reader, ferplus_path, self.builder_config.ferplus_mode
+        )
         self.info.metadata["skipped_images"] = reader.finish()  # every bad row, before writing
         for split, expected in OFFICIAL_COUNTS.items():
             common.check_count(NAME, split, read[split], expected)
@@ -273,12 +345,13 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
         return {split: self._generate_from_rows(rows[split]) for split in OFFICIAL_COUNTS}
 
     def _log_dropped(self, dropped):
+        where = f"{NAME}/{self.builder_config.name}"
         per_split = Counter()
         for (split, reason), n in sorted(dropped.items()):
             per_split[split] += n
-            logging.info("%s/ferplus: dropped %d %s rows of split %r", NAME, n, reason, split)
+            logging.info("%s: dropped %d %s rows of split %r", where, n, reason, split)
         for split in OFFICIAL_COUNTS:
-            logging.info("%s/ferplus: split %r: %d rows dropped", NAME, split, per_split[split])
+            logging.info("%s: split %r: %d rows dropped", where, split, per_split[split])
         self.info.metadata["dropped_rows"] = {
             split: {r: n for (s, r), n in sorted(dropped.items()) if s == split}
             for split in OFFICIAL_COUNTS
@@ -289,6 +362,8 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
             example = {"image": image, "label": label, "row": row}
             if self.builder_config.source == "ferplus":
                 example["votes"] = votes
+            if self.builder_config.ferplus_mode == "probability":
+                example["label_distribution"] = ferplus_distribution(votes)
             yield row, example
 
     def _generate_examples(self, split, items, reader, last):
