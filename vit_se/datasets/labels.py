@@ -43,6 +43,14 @@ SFEW_FOLDERS = {
     "Neutral": 6,
 }
 
+# AffectNet expression codes, in Manually_Annotated_file_lists/*.csv (`expression`) and as the
+# class-folder names 0..7 of the widely shared variant: 0 neutral, 1 happy, 2 sad, 3 surprise,
+# 4 fear, 5 disgust, 6 anger, 7 contempt. Contempt becomes 7, as in CK+'s 8-class configs.
+AFFECTNET_CODES = {0: 6, 1: 3, 2: 4, 3: 5, 4: 2, 5: 1, 6: 0, 7: 7}
+AFFECTNET_CONTEMPT_CODE = 7
+# Codes that are never expression labels: the builders drop these rows and count them by name.
+AFFECTNET_NON_EXPRESSION_CODES = {8: "none", 9: "uncertain", 10: "no-face"}
+
 # FER-2013 CSV codes are already canonical; the image-folder variant uses these names.
 FER2013_CODES = {i: i for i in range(7)}
 FER2013_FOLDERS = {name: i for i, name in enumerate(CLASS_NAMES)}
