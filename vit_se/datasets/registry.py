@@ -1,6 +1,6 @@
 """Builders by name, so the input pipeline and scripts can say `raf_db` instead of a module path.
 
-Each builder registers itself with tfds when its package is imported; importing all five up front
+Each builder registers itself with tfds when its package is imported; importing all six up front
 would pull in OpenCV and every builder for a run that needs one, hence the import on demand.
 """
 
@@ -10,7 +10,7 @@ import importlib
 
 import tensorflow_datasets as tfds
 
-NAMES = ("jaffe", "ck_plus", "raf_db", "sfew", "fer2013")
+NAMES = ("jaffe", "ck_plus", "raf_db", "sfew", "fer2013", "affectnet")
 
 
 def load_builder(name, data_dir=None, config=None, **kwargs):

@@ -1,0 +1,786 @@
+"""AffectNet (manually annotated part) as a tfds builder, read from the distribution as it comes.
+
+Labels. AffectNet's expression codes (0 neutral, 1 happy, 2 sad, 3 surprise, 4 fear, 5 disgust,
+6 anger, 7 contempt, 8 none, 9 uncertain, 10 no-face) are mapped once, through
+`labels.AFFECTNET_CODES`, into the canonical order angry, disgust, fear, happy, sad, surprise,
+neutral: code 0 -> 6, 1 -> 3, 2 -> 4, 3 -> 5, 4 -> 2, 5 -> 1, 6 -> 0, and in the `8class*` configs
+contempt 7 -> 7 (an eighth, last class, as in CK+'s 8-class configs). Codes 8-10 are not
+expressions and are never emitted; the 7-class configs drop contempt too. Every dropped row is
+counted per split and reason ('none', 'uncertain', 'no-face', 'contempt') in the log and in
+`info.metadata['dropped_rows']`.
+
+Layouts, found under the manual dir (the CSV layout wins when both are there):
+  csv: `Manually_Annotated_file_lists/training.csv` and `validation.csv` (or the zip of that
+    name), columns `subDirectory_filePath, face_x, face_y, face_width, face_height,
+    facial_landmarks, expression, valence, arousal`; a file without the header row (some
+    releases ship validation.csv so) is read in that column order. Images
+    `Manually_Annotated_Images/<subDirectory_filePath>`, extracted, or read member by member from
+    the zip as distributed (e.g. Manually_Annotated_compressed.zip) without extracting it. Splits
+    `train` (training.csv) and `validation` (validation.csv: the official validation set, 500
+    images per code, which every paper reports as its test set).
+  folders: the widely shared variant `train/<code>/*.jpg`, `val/<code>/*.jpg` and optionally
+    `test/<code>/*.jpg` with class folders 0..7 in the code order above. Splits `train`,
+    `validation` (from val/) and `test` (from test/, when present). It carries no annotations
+    beyond the label, so valence and arousal are NaN, the face box is [-1, -1, -1, -1] and the
+    landmarks are NaN; its images are usually face crops already, and the `*_facebox` configs
+    refuse it (there is no box to crop to).
+
+Configs: `7class` (default) and `8class` keep the images as distributed; `7class_facebox` and
+`8class_facebox` crop each image to its CSV face box (clipped to the image; a box outside the
+image is reported like an unreadable file). Features: `image` (RGB), `label`, `valence` and
+`arousal` (float32, as annotated in [-1, 1]), `face_box` (int32 x, y, width, height in the
+original image), `landmarks` (float32 [68, 2], x and y of the 68 points of the CSV's 136
+semicolon-separated numbers, in the coordinates of the stored image: shifted by the box origin on
+the facebox configs; NaN when the CSV field is empty), `file_name` (subDirectory_filePath, or
+`<split folder>/<code>/<file>` for the folder variant).
+
+Storage. A JPEG image (RGB or gray) is stored as its original bytes: re-encoding 290k photographs
+as PNG would make the build several times the size of the download. Other formats (PNG, CMYK
+JPEG, ...) are stored as PNG of their RGB decode; face-box crops as JPEG at quality 95 without
+chroma subsampling (faces are small; 4:2:0 would halve their colour resolution). Every
+image is decoded once while building, so truncated files fail the build (see skip_bad_images).
+
+Sizes. Building ~290k images streams: each split's generator reads its CSV row by row and yields
+one example at a time, with a log line every LOG_EVERY examples next to tfds' progress bar; only
+row counts and file names (to catch duplicates) are held for a whole split. Counts that differ
+from the official ones (training 283,901 / 287,651 and validation 3,500 / 4,000 for 7 / 8
+classes) are warned with both numbers. Missing images are found before anything is written and
+named in one error. tfds stores examples in an order hashed from their keys, so a slice such as
+`train[98%:]` is a pseudo-random held-out part of training, not its last CSV rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import functools
+import io
+import os
+import zipfile
+
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image
+
+from vit_se.datasets import common, labels
+
+NAME = "affectnet"
+LISTS_DIR = "Manually_Annotated_file_lists"
+LISTS_ARCHIVE = LISTS_DIR + ".zip"
+IMAGES_DIR = "Manually_Annotated_Images"
+CSV_FILES = {"train": "training.csv", "validation": "validation.csv"}
+COLUMNS = (
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+)
+NUM_LANDMARKS = 68
+# Official sizes of the manually annotated part, keyed by "with contempt".
+OFFICIAL_COUNTS = {
+    False: {"train": 283901, "validation": 3500},
+    True: {"train": 287651, "validation": 4000},
+}
+# Split folders of the class-folder variant and the split each becomes.
+FOLDER_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+LOG_EVERY = 10_000
+FACEBOX_JPEG_QUALITY = 95
+NO_BOX = (-1, -1, -1, -1)
+_MAX_DEPTH = 4
+_HINT = (
+    f"{LISTS_DIR}/training.csv and validation.csv with {IMAGES_DIR}/ (or its zip), or the "
+    "class-folder variant train/0..7/, val/0..7/"
+)
+
+_CITATION = """\
+@article{mollahosseini2017affectnet,
+  title={{AffectNet}: A Database for Facial Expression, Valence, and Arousal Computing in the
+         Wild},
+  author={Mollahosseini, Ali and Hasani, Behzad and Mahoor, Mohammad H.},
+  journal={IEEE Transactions on Affective Computing},
+  volume={10},
+  number={1},
+  pages={18--31},
+  year={2019}
+}
+"""
+
+
+@dataclasses.dataclass
+class AffectNetConfig(tfds.core.BuilderConfig):
+    """`contempt`: 8 classes (contempt = 7) instead of 7; `face_box`: crop to the CSV face box."""
+
+    contempt: bool = False
+    face_box: bool = False
+
+
+def _configs():
+    out = []
+    for face_box in (False, True):
+        for contempt in (False, True):
+            classes = "8class" if contempt else "7class"
+            what = "cropped to the CSV face box" if face_box else "as distributed"
+            out.append(
+                AffectNetConfig(
+                    name=classes + ("_facebox" if face_box else ""),
+                    contempt=contempt,
+                    face_box=face_box,
+                    description=f"{classes[0]} classes, images {what}.",
+                )
+            )
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One kept CSV row (an expression label), parsed."""
+
+    line: int
+    file: str
+    label: int
+    box: tuple
+    landmarks: np.ndarray | None  # (68, 2) float32, None when the CSV field is empty
+    valence: float
+    arousal: float
+
+
+def _number(text, where, column, integral=False):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: {column} {text!r} is not a number") from None
+    if integral:
+        if not value.is_integer():
+            raise ValueError(f"{where}: {column} {text!r} is not an integer")
+        return int(value)
+    return value
+
+
+def parse_landmarks(text, where):
+    """The CSV's `x1;y1;...;x68;y68` as float32 [68, 2]; None for an empty field."""
+    text = text.strip()
+    if not text:
+        return None
+    values = text.split(";")
+    if len(values) != 2 * NUM_LANDMARKS:
+        raise ValueError(
+            f"{where}: facial_landmarks has {len(values)} values, expected {2 * NUM_LANDMARKS} "
+            "(68 x;y pairs separated by ';')"
+        )
+    try:
+        points = np.array(values, dtype=np.float32)
+    except ValueError:
+        raise ValueError(f"{where}: facial_landmarks values are not all numbers") from None
+    return points.reshape(NUM_LANDMARKS, 2)
+
+
+def read_csv(path, contempt):
+    """Yields (Row, None) for each kept row of an AffectNet CSV and (None, reason) for each drop.
+
+    Streams the file. A header row (first field `subDirectory_filePath`) maps the columns by
+    name; without one the columns are taken in the distributed order (COLUMNS). Raises a
+    ValueError naming the file and line for a row with the wrong number of fields, a
+    non-integer or unknown expression code, or a malformed kept row (box, landmarks, valence,
+    arousal). Only the file name and code of a dropped row are checked: no-face rows carry
+    placeholders (valence and arousal -2) in the real files.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = csv.reader(f)
+        col = {name: i for i, name in enumerate(COLUMNS)}
+        num_fields = len(COLUMNS)
+        for line, fields in enumerate(rows, 1):
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue
+            if line == 1 and fields[0].strip() == COLUMNS[0]:
+                header = [h.strip() for h in fields]
+                missing = [c for c in COLUMNS if c not in header]
+                if missing:
+                    raise ValueError(f"{path} line 1: header {header} lacks columns {missing}")
+                col = {name: header.index(name) for name in COLUMNS}
+                num_fields = len(header)
+                continue
+            where = f"{path} line {line}"
+            if len(fields) != num_fields:
+                raise ValueError(
+                    f"{where}: {len(fields)} fields, expected {num_fields} ({', '.join(COLUMNS)})"
+                )
+            file = fields[col["subDirectory_filePath"]].strip()
+            if not file:
+                raise ValueError(f"{where}: subDirectory_filePath is empty")
+            code = fields[col["expression"]].strip()
+            if not code.lstrip("-").isdigit():
+                raise ValueError(f"{where}: expression {code!r} is not an integer code")
+            code = int(code)
+            if code in labels.AFFECTNET_NON_EXPRESSION_CODES:
+                yield None, labels.AFFECTNET_NON_EXPRESSION_CODES[code]
+                continue
+            if code not in labels.AFFECTNET_CODES:
+                raise ValueError(f"{where}: unknown label {code}; expected one of 0..10")
+            label = labels.AFFECTNET_CODES[code]
+            if code == labels.AFFECTNET_CONTEMPT_CODE and not contempt:
+                yield None, "contempt"
+                continue
+            box = tuple(
+                _number(fields[col[c]], where, c, integral=True)
+                for c in ("face_x", "face_y", "face_width", "face_height")
+            )
+            if box[2] <= 0 or box[3] <= 0:
+                raise ValueError(f"{where}: face box {box} has no area")
+            yield (
+                Row(
+                    line=line,
+                    file=file,
+                    label=label,
+                    box=box,
+                    landmarks=parse_landmarks(fields[col["facial_landmarks"]], where),
+                    valence=_number(fields[col["valence"]], where, "valence"),
+                    arousal=_number(fields[col["arousal"]], where, "arousal"),
+                ),
+                None,
+            )
+
+
+@dataclasses.dataclass
+class _Scan:
+    """What one pass over a split's listing found: counts only, no images."""
+
+    listed: int = 0
+    per_class: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    duplicates: list = dataclasses.field(default_factory=list)  # CSV lines to skip
+    missing: list = dataclasses.field(default_factory=list)  # (CSV line or key, where)
+
+
+class _FolderImages:
+    """Images of the CSV layout read from an extracted Manually_Annotated_Images/."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def where(self, file):
+        return os.path.join(self.root, *file.split("/"))
+
+    def exists(self, file):
+        return os.path.isfile(self.where(file))
+
+    def read(self, file):
+        with open(self.where(file), "rb") as f:
+            return f.read()
+
+
+class _ZipImages:
+    """Images of the CSV layout read member by member from the distributed zip, not extracted.
+
+    A zip's central directory gives random access, so members are read in CSV order and only
+    the one being decoded is in memory.
+    """
+
+    def __init__(self, path, prefix):
+        self.path = path
+        self.prefix = prefix
+        self._zip = None
+        self._names = None
+
+    def _open(self):
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.path)
+            self._names = set(self._zip.namelist())
+        return self._zip
+
+    def where(self, file):
+        return f"{self.path}:{self.prefix}{file}"
+
+    def exists(self, file):
+        self._open()
+        return self.prefix + file in self._names
+
+    def read(self, file):
+        with self._open().open(self.prefix + file) as f:
+            return f.read()
+
+
+@dataclasses.dataclass
+class _BuildState:
+    reader: common.ImageReader
+    skip_lines: dict  # split -> CSV lines (or folder keys) not to generate
+    clipped_boxes: int = 0
+
+
+class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
+    """AffectNet manually annotated: ~290k in-the-wild faces, 7 or 8 classes, train/validation.
+
+    Pass `skip_bad_images=True` to drop unreadable or missing images and boxes outside their
+    image (counted in a warning and in `info.metadata['skipped_images']`) instead of failing.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: CSV and class-folder layouts, 7/8 classes, face-box crops.",
+    }
+    BUILDER_CONFIGS = _configs()
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+AffectNet is released for research by its authors under a licence agreement signed by a lab
+manager or professor: see http://mohammadmahoor.com/affectnet/. Only the manually annotated part
+is used. Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or
+--manual_dir=DIR), as distributed (folders are found up to four levels below DIR):
+  DIR/Manually_Annotated_file_lists/training.csv and validation.csv, or the zip
+      DIR/Manually_Annotated_file_lists.zip;
+  and the images, either extracted, DIR/.../Manually_Annotated_Images/<n>/<hash>.jpg, or as the
+      zip you were sent (e.g. DIR/Manually_Annotated_compressed.zip), read without extracting.
+  The multi-part RAR release (Manually_Annotated.part01.rar ...) cannot be read by Python's
+  standard library: extract it first (`unrar x Manually_Annotated.part01.rar`).
+Or the widely shared class-folder variant: DIR/train/<code>/*.jpg, DIR/val/<code>/*.jpg and
+optionally DIR/test/<code>/*.jpg, with <code> 0..7 (0 neutral ... 7 contempt); it has no face
+boxes, so only the 7class and 8class configs build from it.
+The distribution holds a few unreadable files: a build names all of them in one error; build
+`affectnet/7class/skip_bad_images=True` (tfds build) or pass skip_bad_images=True to drop them.
+"""
+
+    def _info(self):
+        config = self.builder_config
+        names = labels.CLASS_NAMES_WITH_CONTEMPT if config.contempt else labels.CLASS_NAMES
+        return self.dataset_info_from_configs(
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3)),
+                    "label": tfds.features.ClassLabel(names=names),
+                    "valence": tfds.features.Scalar(
+                        np.float32, doc="Valence in [-1, 1]; NaN for the class-folder variant."
+                    ),
+                    "arousal": tfds.features.Scalar(
+                        np.float32, doc="Arousal in [-1, 1]; NaN for the class-folder variant."
+                    ),
+                    "face_box": tfds.features.Tensor(
+                        shape=(4,),
+                        dtype=np.int32,
+                        doc="face_x, face_y, face_width, face_height in the original image; "
+                        "-1s for the class-folder variant.",
+                    ),
+                    "landmarks": tfds.features.Tensor(
+                        shape=(NUM_LANDMARKS, 2),
+                        dtype=np.float32,
+                        doc="68 (x, y) points in the stored image's pixels; NaN when absent.",
+                    ),
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="http://mohammadmahoor.com/affectnet/",
+            citation=_CITATION,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
+        lists = _find_lists(manual_dir, dl_manager)
+        reader = common.ImageReader(NAME, self._skip_bad_images)
+        if lists is not None:
+            images = _find_images(manual_dir, lists)
+            scans = {
+                split: _scan_csv(path, config.contempt, images) for split, path in lists.items()
+            }
+            state = _BuildState(reader, skip_lines=_skip_lines(scans, reader))
+            self._record_scans("csv", scans)
+            self._last_split = list(lists)[-1]
+            return {
+                split: self._generate_examples(
+                    split, _csv_items(path, config.contempt, images, state.skip_lines[split]), state
+                )
+                for split, path in lists.items()
+            }
+        root = _find_class_folders(manual_dir)
+        if root is None:
+            raise FileNotFoundError(
+                f"{NAME}: neither {LISTS_DIR}/training.csv (nor {LISTS_ARCHIVE}) nor class "
+                f"folders train/0..7/ found under {manual_dir!r}; expected {_HINT}"
+            )
+        if config.face_box:
+            raise ValueError(
+                f"{NAME}/{config.name}: the class-folder variant under {root!r} has no face "
+                f"boxes to crop to (its images are usually crops already); build "
+                f"{'8class' if config.contempt else '7class'} from it, or place the CSV "
+                "layout in the manual dir"
+            )
+        items = _list_class_folders(root, config.contempt)
+        scans = {split: scan for split, (scan, _) in items.items()}
+        state = _BuildState(reader, skip_lines=_skip_lines(scans, reader))
+        self._record_scans("folders", scans)
+        self._last_split = list(items)[-1]
+        return {
+            split: self._generate_examples(
+                split, _file_items(files, state.skip_lines[split]), state
+            )
+            for split, (_, files) in items.items()
+        }
+
+    def _record_scans(self, layout, scans):
+        config = self.builder_config
+        names = labels.CLASS_NAMES_WITH_CONTEMPT if config.contempt else labels.CLASS_NAMES
+        for split, scan in scans.items():
+            official = OFFICIAL_COUNTS[config.contempt].get(split)
+            common.check_count(NAME, split, scan.listed, official)
+            for reason, n in sorted(scan.dropped.items()):
+                logging.info(
+                    "%s/%s: dropped %d %s rows of split %r", NAME, config.name, n, reason, split
+                )
+            if scan.duplicates:
+                logging.warning(
+                    "%s: split %r lists %d file(s) twice; kept the first row of each, skipped "
+                    "lines %s",
+                    NAME,
+                    split,
+                    len(scan.duplicates),
+                    ", ".join(str(n) for n in scan.duplicates[:20]),
+                )
+            per_class = [scan.per_class[c] for c in range(len(names))]
+            logging.info(
+                "%s/%s: split %r lists %d examples, per class %s",
+                NAME,
+                config.name,
+                split,
+                scan.listed,
+                dict(zip(names, per_class, strict=True)),
+            )
+        self.info.metadata["layout"] = layout
+        self.info.metadata["dropped_rows"] = {
+            split: dict(sorted(scan.dropped.items())) for split, scan in scans.items()
+        }
+        self.info.metadata["duplicate_rows"] = {
+            split: len(scan.duplicates) for split, scan in scans.items()
+        }
+        self.info.metadata["class_counts"] = {}
+
+    def _generate_examples(self, split, items, state):
+        """Yields one example per item, streaming: `items` is produced lazily for the CSV layout."""
+        count = 0
+        per_class = collections.Counter()
+        for item in items:
+            example = self._example(item, state, crop=self.builder_config.face_box)
+            if example is None:
+                continue
+            count += 1
+            per_class[item.label] += 1
+            if count % LOG_EVERY == 0:
+                logging.info("%s: split %r: %d examples so far", NAME, split, count)
+            yield item.key, example
+        self._finish_split(split, count, per_class, state)
+
+    def _finish_split(self, split, count, per_class, state):
+        config = self.builder_config
+        num_classes = 8 if config.contempt else 7
+        self.info.metadata["class_counts"][split] = [per_class[c] for c in range(num_classes)]
+        logging.info("%s/%s: split %r: wrote %d examples", NAME, config.name, split, count)
+        if split == self._last_split:  # Splits are generated in order: report every bad file.
+            self.info.metadata["skipped_images"] = state.reader.finish()
+            if config.face_box:
+                self.info.metadata["face_boxes_clipped"] = state.clipped_boxes
+                if state.clipped_boxes:
+                    logging.info(
+                        "%s: %d face boxes reach outside their image; cropped to the part inside",
+                        NAME,
+                        state.clipped_boxes,
+                    )
+
+    @staticmethod
+    def _example(item, state, crop):
+        """The example of one item, or None when its file is recorded as bad."""
+        try:
+            data = item.read()
+        except (OSError, KeyError, zipfile.BadZipFile) as e:
+            state.reader.bad.append(f"{item.where}: cannot read ({type(e).__name__}: {e})")
+            return None
+        try:
+            with Image.open(io.BytesIO(data)) as probe:
+                stored_as_is = probe.format == "JPEG" and probe.mode in ("RGB", "L")
+            image = common.decode_image(io.BytesIO(data), name=item.where)
+        except common.BadImagesError as e:
+            state.reader.bad.append(str(e))
+            return None
+        except Exception as e:  # PIL's open raises several types for data it cannot identify.
+            state.reader.bad.append(f"{item.where}: cannot decode image ({type(e).__name__}: {e})")
+            return None
+        landmarks = item.landmarks
+        if landmarks is None:
+            landmarks = np.full((NUM_LANDMARKS, 2), np.nan, np.float32)
+        example = {
+            "label": item.label,
+            "valence": np.float32(item.valence),
+            "arousal": np.float32(item.arousal),
+            "face_box": np.array(item.box, np.int32),
+            "landmarks": landmarks,
+            "file_name": item.key,
+        }
+        if not crop:
+            example["image"] = data if stored_as_is else _rgb(image)
+            return example
+        height, width = image.shape[:2]
+        x, y, w, h = item.box
+        left, top = max(0, x), max(0, y)
+        right, bottom = min(width, x + w), min(height, y + h)
+        if right <= left or bottom <= top:
+            state.reader.bad.append(
+                f"{item.where}: face box (x={x}, y={y}, width={w}, height={h}) lies outside "
+                f"the {width}x{height} image"
+            )
+            return None
+        if (left, top, right, bottom) != (x, y, x + w, y + h):
+            state.clipped_boxes += 1
+        buffer = io.BytesIO()
+        face = Image.fromarray(_rgb(image[top:bottom, left:right]))
+        face.save(buffer, format="JPEG", quality=FACEBOX_JPEG_QUALITY, subsampling=0)
+        example["image"] = buffer.getvalue()
+        example["landmarks"] = (landmarks - np.array([left, top], np.float32)).astype(np.float32)
+        return example
+
+
+@dataclasses.dataclass(frozen=True)
+class _Item:
+    """One image to generate: its key, label, annotations and how to read its bytes."""
+
+    key: str
+    label: int
+    where: str  # the path (or zip:member) named in messages
+    read: object  # () -> bytes
+    box: tuple = NO_BOX
+    landmarks: np.ndarray | None = None
+    valence: float = float("nan")
+    arousal: float = float("nan")
+
+
+def _csv_items(path, contempt, images, skip):
+    """The kept rows of a CSV as items, lazily: the file is read again row by row."""
+    for row, _ in read_csv(path, contempt):
+        if row is None or row.line in skip:
+            continue
+        yield _Item(
+            key=row.file,
+            label=row.label,
+            where=images.where(row.file),
+            read=functools.partial(images.read, row.file),
+            box=row.box,
+            landmarks=row.landmarks,
+            valence=row.valence,
+            arousal=row.arousal,
+        )
+
+
+def _file_items(files, skip):
+    for key, path, label in files:
+        if key not in skip:
+            yield _Item(key=key, label=label, where=path, read=functools.partial(_read_file, path))
+
+
+def _read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _rgb(image):
+    return np.ascontiguousarray(np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image)
+
+
+def _skip_lines(scans, reader):
+    """Per split, the CSV lines / folder keys not to generate: duplicates and missing images.
+
+    Missing images fail the build here, before anything is written, in one error naming them
+    all, unless the reader skips bad files (they are then recorded on it and counted).
+    """
+    missing = [where for scan in scans.values() for _, where in scan.missing]
+    if missing and not reader.skip_bad:
+        shown = "; ".join(missing[:50]) + ("; ..." if len(missing) > 50 else "")
+        raise common.BadImagesError(
+            f"{NAME}: {len(missing)} listed image(s) missing (set skip_bad_images to skip "
+            f"them): {shown}"
+        )
+    reader.bad.extend(f"{where}: listed but missing" for where in missing)
+    return {
+        split: set(scan.duplicates) | {key for key, _ in scan.missing}
+        for split, scan in scans.items()
+    }
+
+
+def _scan_csv(path, contempt, images):
+    """Counts a CSV's rows per class and reason without reading images; finds missing files."""
+    scan = _Scan()
+    first_line = {}
+    for row, reason in read_csv(path, contempt):
+        if row is None:
+            scan.dropped[reason] += 1
+            continue
+        if row.file in first_line:
+            scan.duplicates.append(row.line)
+            continue
+        first_line[row.file] = row.line
+        scan.listed += 1
+        scan.per_class[row.label] += 1
+        if not images.exists(row.file):
+            scan.missing.append((row.line, f"{path} line {row.line}: {images.where(row.file)}"))
+    return scan
+
+
+def _find_lists(manual_dir, dl_manager):
+    """{'train': training.csv, 'validation': validation.csv}, from folders or the lists zip."""
+    found = _lists_under(manual_dir)
+    if found is None:
+        for archive in _files_named(manual_dir, (LISTS_ARCHIVE,)):
+            logging.info("%s: reading %s", NAME, archive)
+            found = _lists_under(os.fspath(dl_manager.extract(archive)))
+            if found is not None:
+                break
+    return found
+
+
+def _lists_under(root):
+    """The CSV pair in the first folder (breadth-first, Manually_Annotated_file_lists first)."""
+    folders = sorted(common.iter_dirs(root, _MAX_DEPTH), key=lambda p: (p.count(os.sep), p))
+    folders.sort(key=lambda p: os.path.basename(p) != LISTS_DIR)
+    for folder in folders:
+        paths = {split: os.path.join(folder, name) for split, name in CSV_FILES.items()}
+        present = [os.path.isfile(p) for p in paths.values()]
+        if all(present):
+            return paths
+        if any(present):
+            missing = [p for p, ok in zip(paths.values(), present, strict=True) if not ok]
+            raise FileNotFoundError(f"{NAME}: {missing[0]} not found beside the other CSV file")
+    return None
+
+
+def _files_named(root, names=None, suffix=None):
+    """Files under root (down to two levels) with one of `names`, or ending with `suffix`."""
+    out = []
+    for folder in sorted(common.iter_dirs(root, 2), key=lambda p: (p.count(os.sep), p)):
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name[0] == "." or not os.path.isfile(path):
+                continue
+            if (names and name in names) or (suffix and name.lower().endswith(suffix)):
+                out.append(path)
+    return out
+
+
+def _first_file(lists):
+    """The first image named by the CSV files, to tell which image folder or zip is theirs."""
+    for path in lists.values():
+        for row, _ in read_csv(path, contempt=True):
+            if row is not None:
+                return row.file
+    return None
+
+
+def _find_images(manual_dir, lists):
+    """The source of the CSV layout's images: an extracted folder, else the zip holding them."""
+    first = _first_file(lists)
+    folders = [
+        p
+        for p in sorted(
+            common.iter_dirs(manual_dir, _MAX_DEPTH), key=lambda p: (p.count(os.sep), p)
+        )
+        if os.path.basename(p) == IMAGES_DIR
+    ]
+    for folder in folders:
+        if first is None or os.path.isfile(os.path.join(folder, *first.split("/"))):
+            return _FolderImages(folder)
+    for archive in _files_named(manual_dir, suffix=".zip"):
+        if os.path.basename(archive) == LISTS_ARCHIVE:
+            continue
+        prefix = _zip_prefix(archive, first)
+        if prefix is not None:
+            logging.info("%s: reading images from %s (not extracted)", NAME, archive)
+            return _ZipImages(archive, prefix)
+    if folders:  # The folder is there but lacks the first listed image: report it as missing.
+        return _FolderImages(folders[0])
+    rars = _files_named(manual_dir, suffix=".rar")
+    if rars:
+        raise FileNotFoundError(
+            f"{NAME}: found {rars[0]} but no {IMAGES_DIR}/ folder; RAR archives cannot be read "
+            f"by Python's standard library: extract it first (unrar x {rars[0]})"
+        )
+    raise FileNotFoundError(
+        f"{NAME}: no {IMAGES_DIR}/ folder under {manual_dir!r} nor a zip holding the images "
+        f"listed in {lists['train']} (first: {first})"
+    )
+
+
+def _zip_prefix(archive, first):
+    """The member-name prefix under which `archive` holds the listed files, or None."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile as e:
+        logging.warning("%s: %s is not a readable zip (%s); ignored", NAME, archive, e)
+        return None
+    marker = IMAGES_DIR + "/"
+    for name in names:
+        if first is not None and (name == first or name.endswith("/" + first)):
+            return name[: len(name) - len(first)]
+    for name in names:
+        i = name.find(marker)
+        if i >= 0 and (i == 0 or name[i - 1] == "/"):
+            return name[: i + len(marker)]
+    return None
+
+
+def _find_class_folders(manual_dir):
+    """The folder holding train/ with numbered class folders (the shared variant), or None."""
+    for path in sorted(common.iter_dirs(manual_dir, 3), key=lambda p: (p.count(os.sep), p)):
+        train = os.path.join(path, "train")
+        if os.path.isdir(train) and any(
+            n.isdigit() and os.path.isdir(os.path.join(train, n)) for n in os.listdir(train)
+        ):
+            return path
+    return None
+
+
+def _list_class_folders(root, contempt):
+    """{split: (_Scan, [(key, path, label)])} of the class-folder variant.
+
+    Raises a ValueError naming the folder for a class folder that is not an AffectNet code.
+    Folders 8..10, if a copy has them, are dropped and counted like the CSV rows.
+    """
+    out = {}
+    for part in FOLDER_SPLITS:
+        base = os.path.join(root, part)
+        if not os.path.isdir(base):
+            continue
+        split = FOLDER_SPLITS[part]
+        if split in out:
+            raise ValueError(f"{NAME}: both val/ and validation/ under {root!r}; keep one")
+        scan, files = _Scan(), []
+        for folder in sorted(os.listdir(base)):
+            folder_path = os.path.join(base, folder)
+            if folder[0] == "." or not os.path.isdir(folder_path):
+                continue
+            where = f"{folder_path}: class folder"
+            if not folder.isdigit():
+                raise ValueError(f"{where}: {folder!r} is not an AffectNet code 0..7")
+            code = int(folder)
+            names = sorted(
+                n
+                for n in os.listdir(folder_path)
+                if n[0] != "." and n.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if code in labels.AFFECTNET_NON_EXPRESSION_CODES:
+                scan.dropped[labels.AFFECTNET_NON_EXPRESSION_CODES[code]] += len(names)
+                continue
+            label = labels.map_code(labels.AFFECTNET_CODES, code, where)
+            if code == labels.AFFECTNET_CONTEMPT_CODE and not contempt:
+                scan.dropped["contempt"] += len(names)
+                continue
+            for name in names:
+                files.append((f"{part}/{folder}/{name}", os.path.join(folder_path, name), label))
+                scan.per_class[label] += 1
+        scan.listed = len(files)
+        out[split] = (scan, files)
+    if "train" not in out:
+        raise FileNotFoundError(f"{NAME}: no train/ folder under {root!r}")
+    return out
