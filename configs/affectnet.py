@@ -19,10 +19,11 @@ the balanced test set accuracy is the mean class accuracy.
 
 Class-balanced sampling is on by default because the training set is heavily skewed (134,415
 happy and 74,874 neutral against 3,803 disgust and 3,750 contempt, about 35 to 1) while the test
-set is balanced: a model fit to the raw frequencies predicts happy and neutral too often and
-loses several points there. The systems above train with an imbalanced-dataset sampler for this
-reason (an undocumented step in several of their repositories). The class-folder variant, when
-it has a test/ folder, gives a `test` split too: set `--config.test_split` to report on it.
+set is balanced: a model fit to the raw frequencies predicts happy and neutral too often, which
+the balanced test set punishes. "Use an imbalanced-dataset sampler" is the usual answer on the
+issue trackers of the codebases behind the numbers above when their AffectNet results do not
+reproduce. The class-folder variant, when it has a test/ folder, gives a `test` split too: set
+`--config.test_split` to report on it.
 """
 
 import re
