@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# Pinned to CPU: figures and CPU-only assertions (the 'auto' implementation, XLA:CPU's scratch
+# memory) hold for XLA:CPU, and a test run must not grab an accelerator another job is using.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 

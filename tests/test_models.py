@@ -1,12 +1,20 @@
-"""Model tree, parameter counts and numerics options of ViT-SE."""
+"""Model tree, parameter counts, numerics options, and the two implementations of ViT-SE.
+
+Tests run on CPU (tests/conftest.py pins JAX_PLATFORMS=cpu); assertions that hold for XLA:CPU only
+say so.
+"""
+
+import dataclasses
+import logging
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from parity import LOGIT_ATOL, assert_same_grads, grads_and_logits, perturbed
 
-from vit_se import model_configs, models
+from vit_se import cpu_lean, model_configs, models
 
 # Published vit_jax / timm counts with a 1000-class head and no pre_logits, at 224 px.
 PUBLISHED_COUNTS = {
@@ -123,8 +131,9 @@ def test_head_starts_at_zero_and_se_reduction_must_divide_width():
         _tiny(se_reduction=5).init(jax.random.PRNGKey(0), x)
 
 
-def test_dropout_and_stochastic_depth_only_in_training():
-    model = _tiny(dropout_rate=0.1, attention_dropout_rate=0.1, stochastic_depth=0.5)
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_dropout_and_stochastic_depth_only_in_training(impl):
+    model = _tiny(dropout_rate=0.1, attention_dropout_rate=0.1, stochastic_depth=0.5, impl=impl)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     params = jax.tree_util.tree_map(lambda p: p + 0.05, params)  # non-zero head
@@ -150,8 +159,78 @@ def test_bfloat16_compute_keeps_float32_params():
     np.testing.assert_allclose(logits_bf16, logits_f32, atol=0.1, rtol=0.05)
 
 
-def test_attention_weights_can_be_sown_for_analysis():
-    model = _tiny(sow_attention=True)
+# Attention implementations this machine runs: cuDNN's needs an NVIDIA GPU, and the suite is
+# pinned to CPU, so on CPU only 'xla' is compared (test_cudnn_attention_matches_xla is GPU-only).
+ATTENTION_IMPLS_HERE = [
+    a for a in models.ATTENTION_IMPLS if a != "cudnn" or jax.default_backend() == "gpu"
+]
+
+
+@pytest.mark.parametrize("classifier", ["token", "gap"])
+@pytest.mark.parametrize("use_se", [True, False])
+@pytest.mark.parametrize("representation_size", [None, 24])
+@pytest.mark.parametrize("attention_impl", ATTENTION_IMPLS_HERE)
+def test_plain_and_cpu_lean_agree_on_logits_and_every_gradient(
+    classifier, use_se, representation_size, attention_impl
+):
+    # The reference is vit_jax's computation: plain, every token through every block.
+    ref_model = _tiny(
+        use_se=use_se,
+        classifier=classifier,
+        representation_size=representation_size,
+        impl="plain",
+        last_block_token_only=False,
+    )
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, 32, 32, 3))
+    params = perturbed(ref_model.init(jax.random.PRNGKey(0), x)["params"])
+    ref_grads, ref_logits = jax.jit(lambda p: grads_and_logits(ref_model, p, x))(params)
+    assert float(np.max(np.abs(ref_logits))) > 0.1
+    variants = [
+        dict(impl="plain", attention_impl=attention_impl),
+        dict(impl="cpu_lean", last_block_token_only=False),
+        dict(impl="cpu_lean"),
+    ]
+    for fields in variants:
+        model = ref_model.clone(**{"last_block_token_only": True, **fields})
+        grads, logits = jax.jit(lambda p, m=model: grads_and_logits(m, p, x))(params)
+        np.testing.assert_allclose(logits, ref_logits, atol=LOGIT_ATOL, err_msg=str(fields))
+        assert_same_grads(grads, ref_grads)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype,atol", [("float32", 2e-2), ("bfloat16", 5e-2)])
+def test_cudnn_attention_matches_xla(dtype, atol):
+    # GPU-only. cuDNN computes in bfloat16 even for float32 models (its kernels take 16-bit
+    # inputs), hence tolerances of bfloat16's precision on logits of scale ~1.
+    xla = _tiny(impl="plain", dtype=dtype)  # head_dim 16: cuDNN needs a multiple of 8
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    params = perturbed(xla.init(jax.random.PRNGKey(0), x)["params"])
+    ref_grads, ref_logits = jax.jit(lambda p: grads_and_logits(xla, p, x))(params)
+    cudnn = xla.clone(attention_impl="cudnn")
+    grads, logits = jax.jit(lambda p: grads_and_logits(cudnn, p, x))(params)
+    np.testing.assert_allclose(logits, ref_logits, atol=atol)
+    leaves = jax.tree_util.tree_leaves
+    for g, r in zip(leaves(grads), leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(g, r, atol=atol * max(1.0, float(np.max(np.abs(r)))))
+
+
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_sow_attention_only_sows(impl):
+    # The same logits and gradients with and without the sown weights: sowing does not switch
+    # the computation to another path.
+    model = _tiny(impl=impl)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(model.init(jax.random.PRNGKey(0), x)["params"])
+    grads, logits = jax.jit(lambda p: grads_and_logits(model, p, x))(params)
+    sowing = model.clone(sow_attention=True)
+    s_grads, s_logits = jax.jit(lambda p: grads_and_logits(sowing, p, x, mutable=True))(params)
+    np.testing.assert_allclose(s_logits, logits, atol=1e-6)
+    assert_same_grads(s_grads, grads)
+
+
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_attention_weights_can_be_sown_for_analysis(impl):
+    model = _tiny(sow_attention=True, last_block_token_only=False, impl=impl)
     x = jnp.ones((1, 32, 32, 3))
     variables = model.init(jax.random.PRNGKey(0), x)
     _, state = model.apply(variables, x, mutable=["intermediates"])
@@ -162,38 +241,21 @@ def test_attention_weights_can_be_sown_for_analysis():
     np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-5)
 
 
-def _grads_and_logits(model, params, x, mutable=False):
-    def loss(p):
-        kwargs = {"mutable": ["intermediates"]} if mutable else {}
-        out = model.apply({"params": p}, x, train=True, **kwargs)
-        logits = out[0] if mutable else out
-        return jnp.sum(jnp.sin(logits)), logits
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_a_class_token_only_last_block_sows_the_class_token_row(impl):
+    full = _tiny(sow_attention=True, last_block_token_only=False, impl=impl)
+    lean = full.clone(last_block_token_only=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(full.init(jax.random.PRNGKey(0), x)["params"])
+    key = "Transformer/encoderblock_1/MultiHeadDotProductAttention_0/attention_weights"
 
-    (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    return grads, logits
+    def weights(model):
+        _, state = model.apply({"params": params}, x, mutable=["intermediates"])
+        return flax.traverse_util.flatten_dict(state["intermediates"], sep="/")[key][0]
 
-
-@pytest.mark.parametrize("classifier", ["token", "gap"])
-def test_training_path_matches_plain_autodiff(classifier):
-    # The training path computes the last block for the class token only, recomputes the MLP's
-    # GELU in the backward pass, differentiates attention by hand and orders each block's
-    # backward; sow_attention=True switches all of that off (plain flax-style autodiff), so the
-    # two must agree on logits and on every gradient.
-    model = _tiny(classifier=classifier)
-    x = jax.random.normal(jax.random.PRNGKey(1), (3, 32, 32, 3))
-    params = model.init(jax.random.PRNGKey(0), x)["params"]
-    params = jax.tree_util.tree_map(
-        lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params
-    )
-    grads, logits = jax.jit(lambda p: _grads_and_logits(model, p, x))(params)
-    plain = model.clone(sow_attention=True)
-    ref_grads, ref_logits = jax.jit(lambda p: _grads_and_logits(plain, p, x, True))(params)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
-    flat, ref = flax.traverse_util.flatten_dict(grads), flax.traverse_util.flatten_dict(ref_grads)
-    assert flat.keys() == ref.keys()
-    scale = max(float(np.max(np.abs(g))) for g in ref.values())
-    for key, g in flat.items():
-        np.testing.assert_allclose(g, ref[key], atol=1e-5 * scale, err_msg="/".join(key))
+    row, whole = weights(lean), weights(full)
+    assert row.shape == (2, 2, 1, 65)
+    np.testing.assert_allclose(row, whole[:, :, :1], atol=1e-6)
 
 
 def test_attention_backward_equals_autodiff_of_softmax():
@@ -205,23 +267,126 @@ def test_attention_backward_equals_autodiff_of_softmax():
     def plain(s, v):
         return jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(s), v)
 
-    out, vjp = jax.vjp(models._attend, logits, values)
+    out, vjp = jax.vjp(cpu_lean.attend, logits, values)
     ref_out, ref_vjp = jax.vjp(plain, logits, values)
     np.testing.assert_allclose(out, ref_out, atol=1e-6)
     for a, b in zip(vjp(g), ref_vjp(g), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_last_block_computes_the_class_token_only():
-    # Its queries come from token 0 alone ([B, 1, heads, d]), the other blocks' from all 65 tokens.
-    model = _tiny()
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_last_block_computes_the_class_token_only(impl):
+    # Its queries come from token 0 alone ([B, 1, heads, d]), the other blocks' from all 65 tokens;
+    # with the option off every block sees every token, and the logits are the same.
+    model = _tiny(impl=impl)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(model.init(jax.random.PRNGKey(0), x)["params"])
+    query = "Transformer/encoderblock_{}/MultiHeadDotProductAttention_0/query/__call__"
+    outputs = {}
+    for only in (True, False):
+        logits, state = model.clone(last_block_token_only=only).apply(
+            {"params": params}, x, capture_intermediates=True, mutable=["intermediates"]
+        )
+        flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+        outputs[only] = logits
+        assert flat[query.format(0)][0].shape == (2, 65, 2, 16)
+        assert flat[query.format(1)][0].shape == ((2, 1, 2, 16) if only else (2, 65, 2, 16))
+        assert flat["Transformer/encoder_norm/__call__"][0].shape == (
+            (2, 1, 32) if only else (2, 65, 32)
+        )
+    np.testing.assert_allclose(outputs[True], outputs[False], atol=LOGIT_ATOL)
+
+
+def test_gap_classifier_computes_every_token_in_the_last_block():
+    model = _tiny(classifier="gap")  # last_block_token_only is on by default; gap needs all
     x = jnp.ones((2, 32, 32, 3))
     params = model.init(jax.random.PRNGKey(0), x)["params"]
     _, state = model.apply(
         {"params": params}, x, capture_intermediates=True, mutable=["intermediates"]
     )
     flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
-    query = "Transformer/encoderblock_{}/MultiHeadDotProductAttention_0/query/__call__"
-    assert flat[query.format(0)][0].shape == (2, 65, 2, 16)
-    assert flat[query.format(1)][0].shape == (2, 1, 2, 16)
-    assert flat["Transformer/encoder_norm/__call__"][0].shape == (2, 1, 32)
+    assert flat["Transformer/encoder_norm/__call__"][0].shape == (2, 64, 32)
+
+
+def test_auto_is_the_cpu_path_on_cpu_and_plain_elsewhere():
+    assert models.resolve_impl("auto", backend="cpu") == "cpu_lean"
+    assert models.resolve_impl("auto", backend="gpu") == "plain"
+    assert models.resolve_impl("auto", backend="tpu") == "plain"
+    assert models.resolve_impl("plain", backend="cpu") == "plain"
+    assert models.resolve_impl("cpu_lean", backend="gpu") == "cpu_lean"
+    # CPU-only assertion: the suite is pinned to CPU, where 'auto' means cpu_lean.
+    assert jax.default_backend() == "cpu"
+    assert models.resolve_impl("auto") == "cpu_lean"
+
+
+def test_cudnn_attention_falls_back_to_xla_off_gpu(caplog):
+    # CPU-only assertion: cuDNN is unavailable, so the model computes with XLA's attention (a
+    # model trained on a GPU with cuDNN attention still evaluates on a CPU) and says so.
+    assert jax.default_backend() != "gpu"
+    xla = _tiny(impl="plain")
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(xla.init(jax.random.PRNGKey(0), x)["params"])
+    with caplog.at_level(logging.WARNING):
+        got = xla.clone(attention_impl="cudnn").apply({"params": params}, x)
+    assert "attention_impl 'cudnn' needs an NVIDIA GPU" in caplog.text
+    np.testing.assert_array_equal(got, xla.apply({"params": params}, x))
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("impl", "fast", "'auto', 'plain', 'cpu_lean'"),
+        ("attention_impl", "flash", "'xla', 'cudnn'"),
+        ("remat_policy", "dots", "'none', 'full', 'save_dots'"),
+        ("classifier", "map", "'token', 'gap'"),
+    ],
+)
+def test_unknown_option_is_one_line_naming_field_and_choices(field, value, allowed):
+    with pytest.raises(ValueError) as e:
+        _tiny(**{field: value})
+    assert str(e.value) == f"model.{field} must be one of {allowed}, got {value!r}"
+
+
+def test_cudnn_attention_with_the_cpu_path_is_refused():
+    model = _tiny(impl="cpu_lean", attention_impl="cudnn")
+    with pytest.raises(ValueError, match="attention_impl 'cudnn' needs model.impl 'plain'"):
+        model.init(jax.random.PRNGKey(0), jnp.ones((1, 32, 32, 3)))
+
+
+def test_every_model_field_is_declared_in_the_config():
+    declared = set(model_configs.get_config("B/16")) - {"name"}
+    fields = {f.name for f in dataclasses.fields(models.VisionTransformer)}
+    assert declared == fields - {"num_classes", "parent", "name"}
+    defaults = model_configs.get_config("B/16")
+    assert (defaults.impl, defaults.attention_impl, defaults.scan, defaults.remat_policy) == (
+        "auto",
+        "xla",
+        False,
+        "none",
+    )
+    assert defaults.last_block_token_only is True
+    # The dataclass defaults are the config's, so an export.json written before a field existed
+    # builds the same model.
+    for f in dataclasses.fields(models.VisionTransformer):
+        if f.name == "dtype":
+            assert jnp.dtype(defaults.dtype) == jnp.dtype(f.default)
+        elif f.name in declared and f.default is not dataclasses.MISSING:
+            assert defaults[f.name] == f.default, f.name
+
+
+@pytest.mark.parametrize("name", list(model_configs.VARIANTS))
+def test_variant_name_of_each_named_config(name):
+    assert model_configs.variant_name(model_configs.get_config(name)) == name
+
+
+def test_variant_name_of_custom_widths():
+    cfg = model_configs.get_config("B/16")
+    cfg.hidden_size = 512
+    assert model_configs.variant_name(cfg) == "custom"
+    cfg = model_configs.get_config("B/16")
+    cfg.transformer.num_layers = 6
+    assert model_configs.variant_name(cfg) == "custom"
+    cfg = model_configs.get_config("B/16")
+    cfg.patches.size = (16, 8)
+    assert model_configs.variant_name(cfg) == "custom"
+    assert model_configs.variant_name(model_configs.get_config("B/16").to_dict()) == "B/16"

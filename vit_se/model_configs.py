@@ -1,7 +1,8 @@
 """Named ViT variants with the official widths, as ml_collections configs (vit_jax style).
 
 A model config holds exactly the fields of `models.VisionTransformer` (plus `name`), so a trainer
-config can embed one as `config.model` and override any field from the command line.
+config can embed one as `config.model` and override any field from the command line
+(`--config.model.scan=True`). `variant_name` tells which named variant a config's widths are.
 """
 
 import ml_collections
@@ -56,5 +57,30 @@ def get_config(name="B/16", *, use_se=True, se_reduction=4, representation_size=
     config.se_reduction = se_reduction
     # Compute dtype of activations; parameters stay float32.
     config.dtype = "float32"
-    config.sow_attention = False
+    config.sow_attention = False  # sow every block's attention weights into 'intermediates'
+    # How the model computes, never what (vit_se.models' docstring; README "The model").
+    config.impl = "auto"  # 'auto' (cpu_lean on a CPU, plain elsewhere), 'plain', 'cpu_lean'
+    config.attention_impl = "xla"  # 'xla' or 'cudnn' (NVIDIA GPUs), the plain impl's attention
+    config.last_block_token_only = True  # class-token classifier: last block computes token 0
+    config.scan = False  # nn.scan over blocks; parameters stacked as big_vision's scan=True
+    config.remat_policy = "none"  # 'none', 'full' (recompute each block), 'save_dots'
     return config
+
+
+def variant_of_dims(hidden, layers, heads, mlp, patch):
+    """The VARIANTS name with exactly these widths, else 'custom'."""
+    for name, dims in VARIANTS.items():
+        if dims == (hidden, layers, heads, mlp, patch):
+            return name
+    return "custom"
+
+
+def variant_name(model_config):
+    """The VARIANTS key whose (hidden_size, num_layers, num_heads, mlp_dim, patch) equal the
+    config's, else 'custom' (a non-square patch is always custom)."""
+    t = model_config["transformer"]
+    size = tuple(model_config["patches"]["size"])
+    if len(size) != 2 or size[0] != size[1]:
+        return "custom"
+    dims = (model_config["hidden_size"], t["num_layers"], t["num_heads"], t["mlp_dim"], size[0])
+    return variant_of_dims(*(int(d) for d in dims))

@@ -8,31 +8,77 @@ a module is added, and a shifted name is a silently unloaded weight.
 The SE block sits on the pooled representation right before the head. The input is already a
 vector, so there is no squeeze (pooling) step, only the excitation: c * sigmoid(W2 relu(W1 c)).
 
-Three things differ from vit_jax in how (not what) the model computes, all measured on CPU by
-benchmarks/train_speed.py and each exact up to float rounding:
-- attention runs with the heads as a batch dimension ([B, H, T, D]); flax's module contracts in
-  token-major layout, which XLA:CPU surrounds with transposes (B/16 inference 4.2 -> 5.2 images/s);
-- with a class-token classifier only the class token leaves the last block, so that block computes
-  its queries, attention output and MLP for token 0 alone (7% of B/16's FLOPs; every other token's
-  last-block output is thrown away by the head anyway);
-- in training, the backward pass keeps less: the MLP's activation is recomputed from its input, the
-  attention keeps only its probabilities, and each block finishes its weight gradients before it
-  hands its input gradient on (without that, XLA:CPU defers every weight-gradient matmul to the
-  end of the backward pass and holds all blocks' activations until then). B/16 at batch 8: the
-  step's scratch memory 2.0 -> 0.9 GB.
+How the model computes is chosen by fields that never change what it computes (each is exact up to
+float rounding, tests/test_models.py and tests/test_scan_remat.py):
+- `impl`: 'plain' is vit_jax's computation (flax attention through `jax.nn.dot_product_attention`,
+  a Dense/GELU MLP, ordinary autodiff); 'cpu_lean' is `vit_se.cpu_lean`'s, which XLA:CPU runs
+  faster and in less memory; 'auto' takes 'cpu_lean' on a CPU and 'plain' everywhere else.
+- `attention_impl`: 'xla' or 'cudnn' (cuDNN's fused attention, NVIDIA GPUs), passed to
+  `jax.nn.dot_product_attention` by the plain implementation.
+- `last_block_token_only`: with a class-token classifier only the class token leaves the last
+  block, so that block computes its queries, attention output and MLP for token 0 alone (7% of
+  B/16's FLOPs; every other token's last-block output is thrown away by the head anyway).
+- `scan`: the blocks as one `nn.scan` over a stacked parameter tree (big_vision's layout: one
+  `Transformer/encoderblock` with a leading depth axis), one compiled block instead of `depth`;
+  `vit_se.checkpoint` loads and saves the official unstacked layout either way.
+- `remat_policy`: what each block keeps for the backward pass ('none', 'full', 'save_dots');
+  L/16 and H/14 trade recomputation for memory at large batch.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
+
+from vit_se import cpu_lean
 
 Dtype = Any
+
+IMPLS = ("auto", "plain", "cpu_lean")
+ATTENTION_IMPLS = ("xla", "cudnn")
+# name -> jax.checkpoint policy of each block (big_vision's remat_policy, with shorter names):
+# 'full' keeps only a block's input and recomputes the whole block in the backward pass;
+# 'save_dots' keeps the outputs of the dense projections (matmuls without batch dimensions:
+# q/k/v/out and the MLP's) and recomputes attention's two batched matmuls, softmax, GELU and
+# LayerNorm, whose [B, H, T, T] and [B, T, mlp_dim] tensors are most of the memory.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+CLASSIFIERS = ("token", "gap")
+
+
+def _check_choice(field, value, allowed):
+    if value not in allowed:
+        raise ValueError(
+            f"model.{field} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        )
+
+
+def resolve_impl(impl, attention_impl="xla", backend=None):
+    """'plain' or 'cpu_lean' for the `impl` field on `backend` (default: JAX's default backend).
+
+    'auto' is the CPU path on a CPU, where XLA has no fused attention to lose, and the plain one
+    elsewhere. cuDNN attention is the plain implementation's, so asking for it with 'cpu_lean' is
+    a contradiction, reported rather than ignored.
+    """
+    _check_choice("impl", impl, IMPLS)
+    _check_choice("attention_impl", attention_impl, ATTENTION_IMPLS)
+    if impl == "auto":
+        backend = backend or jax.default_backend()
+        return "cpu_lean" if backend == "cpu" else "plain"
+    if impl == "cpu_lean" and attention_impl == "cudnn":
+        raise ValueError(
+            "model.attention_impl 'cudnn' needs model.impl 'plain' or 'auto': 'cpu_lean' "
+            "computes attention itself"
+        )
+    return impl
 
 
 class AddPositionEmbs(nn.Module):
@@ -49,44 +95,24 @@ class AddPositionEmbs(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: drops a whole residual branch per example."""
+    """Stochastic depth: drops a whole residual branch per example.
 
-    rate: float
+    `rate` is a Python float, or an array when a scanned layer gets its own rate.
+    """
 
     @nn.compact
-    def __call__(self, x, deterministic):
-        if deterministic or self.rate == 0.0:
+    def __call__(self, x, rate, deterministic):
+        if deterministic or (isinstance(rate, (int, float)) and rate == 0.0):
             return x
-        keep = 1.0 - self.rate
+        keep = 1.0 - rate
         mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, mask_shape)
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
-
-
-class DenseParams(nn.Module):
-    """An `nn.Dense`'s kernel and bias (same names, shapes and initialisers), for code that
-    applies them itself."""
-
-    features: int
-    kernel_init: Callable = nn.initializers.lecun_normal()
-    bias_init: Callable = nn.initializers.zeros
-
-    @nn.compact
-    def __call__(self, in_features):
-        kernel = self.param("kernel", self.kernel_init, (in_features, self.features), jnp.float32)
-        return kernel, self.param("bias", self.bias_init, (self.features,), jnp.float32)
-
-
-def _gelu_dense(h, kernel, bias):
-    return nn.gelu(h) @ kernel + bias
-
-
-# Keeps only the pre-activation h for the backward pass; GELU(h) and its derivative are recomputed
-# there (two [B, T, mlp_dim] tensors fewer per block, for a few element-wise passes).
-_gelu_dense_remat = jax.checkpoint(_gelu_dense)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x)).astype(x.dtype)
 
 
 class MlpBlock(nn.Module):
+    """vit_jax's MlpBlock: Dense, GELU (tanh approximation), dropout, Dense, dropout."""
+
     mlp_dim: int
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
@@ -98,153 +124,123 @@ class MlpBlock(nn.Module):
             bias_init=nn.initializers.normal(stddev=1e-6),
         )
         x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0", **init)(inputs)
-        kernel, bias = DenseParams(inputs.shape[-1], name="Dense_1", **init)(self.mlp_dim)
-        kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
-        if deterministic or self.dropout_rate == 0.0:
-            return _gelu_dense_remat(x, kernel, bias)
         x = nn.Dropout(rate=self.dropout_rate)(nn.gelu(x), deterministic=deterministic)
-        return nn.Dropout(rate=self.dropout_rate)(x @ kernel + bias, deterministic=deterministic)
+        x = nn.Dense(inputs.shape[-1], dtype=self.dtype, name="Dense_1", **init)(x)
+        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
-@jax.custom_vjp
-def _attend(logits, values):
-    """softmax(logits) @ values over [B, H, Q, K] x [B, H, K, D]; the backward pass keeps only the
-    probabilities (autodiff through jax.nn.softmax also keeps its exponentials)."""
-    return _attend_fwd(logits, values)[0]
+def _dot_product_attention(query, key, value, implementation):
+    """`jax.nn.dot_product_attention` on [B, T, H, D]; cuDNN takes 16-bit inputs only, so with
+    float32 compute its core runs in bfloat16 (and its output is cast back)."""
+    if implementation == "cudnn" and query.dtype not in (jnp.bfloat16, jnp.float16):
+        dtype = query.dtype
+        query, key, value = (t.astype(jnp.bfloat16) for t in (query, key, value))
+        out = jax.nn.dot_product_attention(query, key, value, implementation="cudnn")
+        return out.astype(dtype)
+    return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
 
 
-def _attend_fwd(logits, values):
-    probs = jax.nn.softmax(logits)
-    return jnp.einsum("bhqk,bhkd->bhqd", probs, values), (probs, values)
+def attention_fn(implementation):
+    """An `attention_fn` for flax's `MultiHeadDotProductAttention` computing through
+    `jax.nn.dot_product_attention(implementation=...)`.
 
-
-def _attend_bwd(residuals, g):
-    probs, values = residuals
-    d_probs = jnp.einsum("bhqd,bhkd->bhqk", g, values)
-    d_values = jnp.einsum("bhqk,bhqd->bhkd", probs, g)
-    d_logits = probs * (d_probs - jnp.sum(d_probs * probs, axis=-1, keepdims=True))
-    return d_logits, d_values
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd)
-
-
-class MultiHeadSelfAttention(nn.Module):
-    """Self-attention with the parameter tree of flax's `MultiHeadDotProductAttention`
-    (query/key/value/out, kernels [D, H, D/H] and [H, D/H, D]) and the same initialisers, so
-    vit_jax checkpoints load unchanged; computed head-major (see the module docstring).
-
-    `first_query_only`: queries from token 0 only, output [B, 1, D].
+    Attention dropout in training needs the probabilities themselves, which a fused kernel never
+    materialises: that case computes as flax's own `dot_product_attention` does. When flax asks
+    for the weights to be sown (it passes `module`), they are computed beside the output, which
+    still comes from the same kernel.
     """
 
-    num_heads: int
-    dtype: Dtype = jnp.float32
-    dropout_rate: float = 0.0
-    kernel_init: Callable = nn.initializers.xavier_uniform()
+    def attend(
+        query,
+        key,
+        value,
+        dropout_rng=None,
+        dropout_rate=0.0,
+        broadcast_dropout=False,
+        deterministic=True,
+        dtype=None,
+        module=None,
+    ):
+        if module is not None:
+            nn.dot_product_attention_weights(query, key, dtype=dtype, module=module)
+        if not deterministic and dropout_rate > 0.0:
+            return nn.dot_product_attention(
+                query,
+                key,
+                value,
+                dropout_rng=dropout_rng,
+                dropout_rate=dropout_rate,
+                broadcast_dropout=broadcast_dropout,
+                deterministic=False,
+                dtype=dtype,
+            )
+        return _dot_product_attention(query, key, value, implementation)
 
-    @nn.compact
-    def __call__(self, x, *, deterministic, sow_weights=False, first_query_only=False):
-        width = x.shape[-1]
-        if width % self.num_heads:
-            raise ValueError(f"num_heads {self.num_heads} does not divide the width {width}")
-        head_dim = width // self.num_heads
-        dense = functools.partial(
-            nn.DenseGeneral,
-            features=(self.num_heads, head_dim),
-            dtype=self.dtype,
-            kernel_init=self.kernel_init,
-        )
-        # [B, T, H, d] <-> [B, H, T, d]
-        heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)
-        q = heads_first(dense(name="query")(x[:, :1] if first_query_only else x))
-        k = heads_first(dense(name="key")(x))
-        v = heads_first(dense(name="value")(x))
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q / jnp.sqrt(head_dim).astype(q.dtype), k)
-        dropout = not deterministic and self.dropout_rate > 0.0
-        if sow_weights or dropout:
-            probs = jax.nn.softmax(logits)
-            if sow_weights:
-                self.sow("intermediates", "attention_weights", probs)
-            if dropout:
-                keep = jax.random.bernoulli(
-                    self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape
-                )
-                probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0).astype(probs.dtype)
-            out = jnp.einsum("bhqk,bhkd->bhqd", probs, v)
-        else:
-            out = _attend(logits, v)
-        return nn.DenseGeneral(
-            width,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            kernel_init=self.kernel_init,
-            name="out",
-        )(heads_first(out))
+    return attend
 
 
 class Encoder1DBlock(nn.Module):
-    """Pre-norm transformer block, as in vit_jax."""
+    """Pre-norm transformer block, as in vit_jax.
+
+    `impl` is resolved ('plain' or 'cpu_lean'). `token_only`: only token 0's output is computed
+    (and returned, [B, 1, D]). The drop-path rate is a call argument so that a scanned block can
+    take a different one per layer.
+    """
 
     mlp_dim: int
     num_heads: int
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    impl: str = "plain"
+    attention_impl: str = "xla"
     sow_attention: bool = False
-    first_token_only: bool = False  # only token 0's output is computed (and returned, [B, 1, D])
+    token_only: bool = False
 
     @nn.compact
-    def __call__(self, inputs, deterministic):
+    def __call__(self, inputs, deterministic, drop_path_rate=0.0):
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(inputs)
-        x = MultiHeadSelfAttention(
-            num_heads=self.num_heads,
-            dtype=self.dtype,
-            dropout_rate=self.attention_dropout_rate,
-            name="MultiHeadDotProductAttention_0",
-        )(
-            x,
-            deterministic=deterministic,
-            sow_weights=self.sow_attention,
-            first_query_only=self.first_token_only,
-        )
-        if self.first_token_only:
+        if self.impl == "cpu_lean":
+            x = cpu_lean.SelfAttention(
+                num_heads=self.num_heads,
+                dtype=self.dtype,
+                dropout_rate=self.attention_dropout_rate,
+                name="MultiHeadDotProductAttention_0",
+            )(
+                x,
+                deterministic=deterministic,
+                sow_weights=self.sow_attention,
+                first_query_only=self.token_only,
+            )
+        else:
+            x = nn.MultiHeadDotProductAttention(
+                num_heads=self.num_heads,
+                dtype=self.dtype,
+                kernel_init=nn.initializers.xavier_uniform(),
+                broadcast_dropout=False,
+                dropout_rate=self.attention_dropout_rate,
+                attention_fn=attention_fn(self.attention_impl),
+                name="MultiHeadDotProductAttention_0",
+            )(
+                x[:, :1] if self.token_only else x,
+                x,
+                deterministic=deterministic,
+                sow_weights=self.sow_attention,
+            )
+        if self.token_only:
             inputs = inputs[:, :1]
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
-        x = DropPath(self.drop_path_rate)(x, deterministic) + inputs
+        x = DropPath()(x, drop_path_rate, deterministic) + inputs
 
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_1")(x)
-        y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name="MlpBlock_0")(
-            y, deterministic
-        )
-        return x + DropPath(self.drop_path_rate)(y, deterministic)
-
-
-def _backward_in_order(block, x):
-    """`block(x)` in training, whose backward pass releases the input gradient only after the
-    block's weight gradients exist.
-
-    XLA:CPU's scheduler otherwise runs every weight-gradient matmul after the whole backward pass,
-    keeping each block's saved activations (and output gradients) alive until then. The order is a
-    data dependence: the input gradient gets `0 * w` added, w an element of each weight gradient
-    (so a non-finite weight gradient also reaches the input gradient; it spoils the update anyway).
-    """
-
-    def apply(module, x):
-        return module(x, False)  # not deterministic: training
-
-    def forward(module, x):
-        return nn.vjp(apply, module, x)
-
-    def backward(vjp_fn, g):
-        d_params, d_x = vjp_fn(g)
-        anchor = sum(jnp.ravel(d)[0] for d in jax.tree_util.tree_leaves(d_params))
-        return d_params, d_x + (0.0 * anchor).astype(d_x.dtype)
-
-    return nn.custom_vjp(apply, forward_fn=forward, backward_fn=backward)(block, x)
+        mlp = cpu_lean.MlpBlock if self.impl == "cpu_lean" else MlpBlock
+        y = mlp(self.mlp_dim, self.dropout_rate, self.dtype, name="MlpBlock_0")(y, deterministic)
+        return x + DropPath()(y, drop_path_rate, deterministic)
 
 
 class Encoder(nn.Module):
+    """Position embeddings, `num_layers` blocks (unrolled or scanned), final LayerNorm."""
+
     num_layers: int
     mlp_dim: int
     num_heads: int
@@ -252,31 +248,83 @@ class Encoder(nn.Module):
     attention_dropout_rate: float = 0.0
     stochastic_depth: float = 0.0
     dtype: Dtype = jnp.float32
+    impl: str = "plain"  # resolved: 'plain' or 'cpu_lean'
+    attention_impl: str = "xla"
     sow_attention: bool = False
-    first_token_only: bool = False  # the last block computes token 0 only (output [B, 1, D])
+    last_block_token_only: bool = False  # the last block computes token 0 only ([B, 1, D])
+    scan: bool = False
+    remat_policy: str = "none"
+
+    def _drop_path_rate(self, i):
+        # Linearly increasing with depth (Huang et al., 2016; DeiT).
+        return self.stochastic_depth * i / max(self.num_layers - 1, 1)
+
+    def _block_class(self, static_rate):
+        if self.remat_policy == "none":
+            return Encoder1DBlock
+        # Arguments by position, self = 0: 2 is `deterministic`, 3 the drop-path rate when it is
+        # a Python float. Inside a scan XLA cannot merge the recomputation back into the forward
+        # pass, so CSE need not be prevented there (big_vision does the same).
+        return nn.remat(
+            Encoder1DBlock,
+            policy=REMAT_POLICIES[self.remat_policy],
+            prevent_cse=not self.scan,
+            static_argnums=(2, 3) if static_rate else (2,),
+        )
+
+    def _apply_block(self, block, x, train, rate):
+        if train and self.impl == "cpu_lean":
+            if isinstance(rate, (int, float)):
+                return cpu_lean.backward_in_order(lambda m, x: m(x, False, rate), block, x)
+            return cpu_lean.backward_in_order(lambda m, x, r: m(x, False, r), block, x, rate)
+        return block(x, not train, rate)
 
     @nn.compact
     def __call__(self, x, *, train):
         x = AddPositionEmbs(name="posembed_input")(x)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
-        for i in range(self.num_layers):
-            # Linearly increasing drop rate with depth (Huang et al., 2016; DeiT).
-            rate = self.stochastic_depth * i / max(self.num_layers - 1, 1)
-            block = Encoder1DBlock(
-                mlp_dim=self.mlp_dim,
-                num_heads=self.num_heads,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                drop_path_rate=rate,
-                dtype=self.dtype,
-                sow_attention=self.sow_attention,
-                first_token_only=self.first_token_only and i == self.num_layers - 1,
-                name=f"encoderblock_{i}",
-            )
-            if train and not self.sow_attention:
-                x = _backward_in_order(block, x)
+        block_fields = dict(
+            mlp_dim=self.mlp_dim,
+            num_heads=self.num_heads,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            impl=self.impl,
+            attention_impl=self.attention_impl,
+            sow_attention=self.sow_attention,
+        )
+        if self.scan:
+            # One block's parameters with a leading depth axis; every layer has the same shapes,
+            # so the last one computes every token (last_block_token_only does not apply).
+            if self.stochastic_depth:
+                rates = jnp.asarray([self._drop_path_rate(i) for i in range(self.num_layers)])
+                rate_axis = 0
             else:
-                x = block(x, deterministic=not train)
+                rates, rate_axis = 0.0, nn.broadcast
+            block = self._block_class(static_rate=not self.stochastic_depth)(
+                **block_fields, name="encoderblock"
+            )
+
+            def body(module, x, rate):
+                return self._apply_block(module, x, train, rate), None
+
+            x, _ = nn.scan(
+                body,
+                variable_axes={"params": 0, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=rate_axis,
+                length=self.num_layers,
+            )(block, x, rates)
+        else:
+            block_class = self._block_class(static_rate=True)
+            for i in range(self.num_layers):
+                last = i == self.num_layers - 1
+                block = block_class(
+                    **block_fields,
+                    token_only=self.last_block_token_only and last,
+                    name=f"encoderblock_{i}",
+                )
+                x = self._apply_block(block, x, train, self._drop_path_rate(i))
         return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -298,7 +346,14 @@ class SqueezeExcitation(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT-SE. With `use_se=False` it is vit_jax's VisionTransformer, parameter for parameter."""
+    """ViT-SE. With `use_se=False` it is vit_jax's VisionTransformer, parameter for parameter
+    (with `scan=True`, big_vision's stacked layout of the same parameters).
+
+    Speed options (see the module docstring; none changes a value beyond float rounding):
+    impl, attention_impl, last_block_token_only, scan, remat_policy. `sow_attention` only sows:
+    each block's `MultiHeadDotProductAttention_0/attention_weights` goes into 'intermediates'
+    (the last block's are [N, heads, 1, T] when it computes the class token only).
+    """
 
     num_classes: int | None
     patches: Any
@@ -310,11 +365,34 @@ class VisionTransformer(nn.Module):
     se_reduction: int = 4
     dtype: Dtype = jnp.float32
     sow_attention: bool = False
+    impl: str = "auto"
+    attention_impl: str = "xla"
+    last_block_token_only: bool = True
+    scan: bool = False
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        _check_choice("classifier", self.classifier, CLASSIFIERS)
+        _check_choice("impl", self.impl, IMPLS)
+        _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
+        super().__post_init__()
+
+    def _attention_impl(self):
+        """cuDNN attention where JAX's backend is a GPU; 'xla' elsewhere, so that a model trained
+        with cuDNN attention still evaluates on a CPU (the values are the same)."""
+        if self.attention_impl == "cudnn" and jax.default_backend() != "gpu":
+            logging.warning(
+                "model.attention_impl 'cudnn' needs an NVIDIA GPU; JAX's backend is %r: using "
+                "'xla'",
+                jax.default_backend(),
+            )
+            return "xla"
+        return self.attention_impl
 
     @nn.compact
     def __call__(self, inputs, *, train=False):
-        if self.classifier not in ("token", "gap"):
-            raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+        impl = resolve_impl(self.impl, self.attention_impl)
         dtype = jnp.dtype(self.dtype)
         x = inputs.astype(dtype)
         x = nn.Conv(
@@ -340,9 +418,12 @@ class VisionTransformer(nn.Module):
             attention_dropout_rate=t.get("attention_dropout_rate", 0.0),
             stochastic_depth=t.get("stochastic_depth", 0.0),
             dtype=dtype,
+            impl=impl,
+            attention_impl=self._attention_impl(),
             sow_attention=self.sow_attention,
-            # Attention maps of every token are what sow_attention is for; keep them whole.
-            first_token_only=self.classifier == "token" and not self.sow_attention,
+            last_block_token_only=self.last_block_token_only and self.classifier == "token",
+            scan=self.scan,
+            remat_policy=self.remat_policy,
             name="Transformer",
         )(x, train=train)
         x = x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
