@@ -1,4 +1,8 @@
-"""Loading official checkpoint layouts: parity, full key sets, pos-emb resize, and errors."""
+"""Loading official checkpoint layouts: parity, full key sets, pos-emb resize, and errors.
+
+Every layout loads into both layouts of the model: unrolled blocks (vit_jax's tree) and scanned
+ones (`config.model.scan`, big_vision's stacked tree); what vit_se writes is always unrolled.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +24,10 @@ from vit_se import checkpoint, model_configs, models
 TINY = dict(width=32, depth=2, heads=2, mlp=64, patch=4, image=16)
 
 
-def _tiny_config(use_se, representation_size=None):
+def _tiny_config(use_se, representation_size=None, scan=False):
     cfg = model_configs.get_config("tiny/4", use_se=use_se)
     cfg.representation_size = representation_size
+    cfg.scan = scan
     return cfg
 
 
@@ -41,9 +46,10 @@ def _images(n=3, image=16, seed=5):
     return np.random.default_rng(seed).uniform(-1, 1, (n, image, image, 3)).astype(np.float32)
 
 
+@pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("use_se", [False, True])
 @pytest.mark.parametrize("representation_size", [None, 24])
-def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_size):
+def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_size, scan):
     weights = random_arrays(vit_jax_shapes(**TINY, head=7, pre_logits=representation_size))
     if use_se:
         rep = representation_size or TINY["width"]
@@ -55,7 +61,7 @@ def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_si
         }
         weights.update(random_arrays(se, seed=1, scale=0.5))
     path = _save(tmp_path / "vit.npz", weights)
-    model, init = _init(_tiny_config(use_se, representation_size), 7, 16)
+    model, init = _init(_tiny_config(use_se, representation_size, scan), 7, 16)
     params = checkpoint.load_pretrained(path, init)
     x = _images()
     got = np.asarray(model.apply({"params": params}, x))
@@ -64,12 +70,13 @@ def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_si
     assert np.max(np.abs(want)) > 0.1  # the comparison is not between two zero vectors
 
 
+@pytest.mark.parametrize("model_scan", [False, True])
 @pytest.mark.parametrize("scan", [False, True])
-def test_big_vision_npz_matches_numpy_reference(tmp_path, scan):
+def test_big_vision_npz_matches_numpy_reference(tmp_path, scan, model_scan):
     weights = random_arrays(vit_jax_shapes(**TINY, head=7), seed=3)
     bv = vit_jax_to_big_vision(weights, scan=scan)
     path = _save(tmp_path / "bv.npz", bv)
-    model, init = _init(_tiny_config(False), 7, 16)
+    model, init = _init(_tiny_config(False, scan=model_scan), 7, 16)
     params = checkpoint.load_pretrained(path, init)
     x = _images()
     got = np.asarray(model.apply({"params": params}, x))
@@ -94,12 +101,13 @@ def _shapes(tree):
 OFFICIAL = [("B/16", 768, 12, 12, 3072, 16), ("L/16", 1024, 24, 16, 4096, 16)]
 
 
+@pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("name,width,depth,heads,mlp,patch", OFFICIAL)
 @pytest.mark.parametrize(
     "family",
     ["i21k_with_pre_logits", "augreg", "i1k_finetuned", "big_vision", "big_vision_scan"],
 )
-def test_full_official_key_set_loads(name, width, depth, heads, mlp, patch, family):
+def test_full_official_key_set_loads(name, width, depth, heads, mlp, patch, family, scan):
     dims = dict(width=width, depth=depth, heads=heads, mlp=mlp, patch=patch)
     if family == "i21k_with_pre_logits":
         flat = vit_jax_shapes(**dims, head=21843, pre_logits=width)
@@ -110,7 +118,12 @@ def test_full_official_key_set_loads(name, width, depth, heads, mlp, patch, fami
     else:
         flat = big_vision_shapes(**dims, head=1000, scan=family == "big_vision_scan")
     cfg = model_configs.get_config(name, use_se=True)
+    cfg.scan = scan
     expected = _expected_shapes(cfg, 7)
+    stacked = expected["Transformer"].get("encoderblock")
+    assert (stacked is not None) == scan
+    if scan:
+        assert stacked["MlpBlock_0"]["Dense_0"]["kernel"].shape == (depth, width, mlp)
     params = checkpoint.params_from_flat(zero_views(flat), expected, path=family)
     assert _shapes(params) == _shapes(expected)
     loaded = checkpoint.flatten(params)
@@ -207,14 +220,16 @@ def test_other_width_or_depth_is_one_line(tmp_path):
     assert "width 64, depth 3, patch 4" in msg and "expects width 32, depth 2, patch 4" in msg
 
 
-def test_every_mismatched_key_is_reported_in_one_error(tmp_path):
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_mismatched_key_is_reported_in_one_error(tmp_path, scan):
+    # A scanned model's errors name the official per-block keys too.
     weights = random_arrays(vit_jax_shapes(**TINY, head=7))
     del weights["Transformer/encoderblock_1/LayerNorm_2/scale"]
     del weights["cls"]
     weights["Transformer/extra/kernel"] = np.zeros((2, 2), np.float32)
     weights["Transformer/encoderblock_0/MlpBlock_3/Dense_0/bias"] = np.zeros(65, np.float32)
     path = _save(tmp_path / "broken.npz", weights)
-    _, init = _init(_tiny_config(False), 7, 16)
+    _, init = _init(_tiny_config(False, scan=scan), 7, 16)
     with pytest.raises(checkpoint.CheckpointError) as e:
         checkpoint.load_pretrained(path, init)
     msg = str(e.value)
@@ -269,3 +284,58 @@ def test_save_npz_round_trips_and_leaves_no_temp_file(tmp_path):
     leaves = jax.tree_util.tree_leaves
     for a, b in zip(leaves(params), leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _official_linen_keys(use_se=True):
+    """The key set vit_se writes: vit_jax's linen names (per block), from the published layout."""
+    rename = {"MultiHeadDotProductAttention_1": "MultiHeadDotProductAttention_0"}
+    rename.update({"LayerNorm_2": "LayerNorm_1", "MlpBlock_3": "MlpBlock_0"})
+    keys = {
+        "/".join(rename.get(p, p) for p in k.split("/")): shape
+        for k, shape in vit_jax_shapes(**TINY, head=7).items()
+    }
+    if use_se:
+        keys.update({"se/reduce/kernel": (32, 8), "se/reduce/bias": (8,)})
+        keys.update({"se/expand/kernel": (8, 32), "se/expand/bias": (32,)})
+    return keys
+
+
+def test_scanned_params_export_to_the_official_layout_and_reload_identically(tmp_path):
+    model, params = _init(_tiny_config(True, scan=True), 7, 16)
+    assert params["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"].shape == (2, 32)
+    path = tmp_path / "params.npz"
+    checkpoint.save_npz(params, str(path))
+    with np.load(path) as z:
+        written = {k: tuple(z[k].shape) for k in z.files}
+    assert written == _official_linen_keys()
+    # Back into the scanned model: identical arrays.
+    again = checkpoint.load_pretrained(str(path), params)
+    leaves = jax.tree_util.tree_leaves
+    assert jax.tree_util.tree_structure(again) == jax.tree_util.tree_structure(params)
+    for a, b in zip(leaves(params), leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # And into the unrolled model: the same logits.
+    unrolled, init = _init(_tiny_config(True), 7, 16)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1, params)  # non-zero head
+    checkpoint.save_npz(params, str(path))
+    loaded = checkpoint.load_pretrained(str(path), init)
+    x = _images()
+    want = model.apply({"params": params}, x)
+    assert np.max(np.abs(want)) > 0.1
+    np.testing.assert_allclose(unrolled.apply({"params": loaded}, x), want, atol=1e-5)
+
+
+def test_stack_and_unstack_blocks_are_inverse():
+    _, params = _init(_tiny_config(False), 7, 16)
+    stacked = checkpoint.stack_blocks(params)
+    assert checkpoint.is_scanned(stacked) and not checkpoint.is_scanned(params)
+    assert stacked["Transformer"]["encoderblock"]["MlpBlock_0"]["Dense_1"]["kernel"].shape == (
+        2,
+        64,
+        32,
+    )
+    assert set(stacked["Transformer"]) == {"encoderblock", "encoder_norm", "posembed_input"}
+    back = checkpoint.unstack_blocks(stacked)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, back, params)
+    assert checkpoint.unstack_blocks(params) is params

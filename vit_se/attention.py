@@ -4,6 +4,11 @@ Everything is computed in JAX by the model's own code (`vit_se.models`), never a
 
 - attention weights come from `sow_attention=True` (each block's `MultiHeadDotProductAttention_0`
   sows `attention_weights` [N, heads, T, T] into the 'intermediates' collection);
+- the analysis runs a copy of the model with every token through every block
+  (`last_block_token_only=False`) and the blocks unrolled (`scan=False`, `remat_policy='none'`),
+  so maps and Grad-CAM targets exist per block; a scanned model's parameters are unstacked for
+  it inside the jitted function (`checkpoint.unstack_blocks`). The values are the model's own:
+  those options change how it computes, never what;
 - the SE excitation is the `intermediates/se/excitation` the SE block sows;
 - Grad-CAM differentiates the class logit with respect to a block's tokens through
   `flax.linen.intercept_methods`: an interceptor adds a zero perturbation to the chosen tokens on
@@ -29,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vit_se import checkpoint
 
 HEAD_FUSIONS = ("mean", "max", "min")
 DEFAULT_BATCH_SIZE = 16
@@ -121,7 +128,9 @@ class _Fns:
     """
 
     def __init__(self, model):
-        self.model = model.clone(sow_attention=True)
+        self.model = model.clone(
+            sow_attention=True, last_block_token_only=False, scan=False, remat_policy="none"
+        )
         self.layers = _num_layers(model)
         self._cache = {}
 
@@ -132,6 +141,7 @@ class _Fns:
 
     def _apply(self, params, x):
         """-> (logits, [layers of N,heads,T,T], excitation or None)."""
+        params = checkpoint.unstack_blocks(params)
         logits, state = self.model.apply({"params": params}, x, mutable=["intermediates"])
         inter = state["intermediates"]
         exc = inter["se"]["excitation"][0] if "se" in inter else None

@@ -29,7 +29,10 @@ _PRE_LINEN = {
     "LayerNorm_2": "LayerNorm_1",
     "MlpBlock_3": "MlpBlock_0",
 }
-_BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/")
+_BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/(.*)$")
+# A scanned model's blocks (big_vision's scan=True layout, vit_se's `scan` field): one subtree whose
+# every array has a leading depth axis.
+SCANNED = "Transformer/encoderblock/"
 
 
 class CheckpointError(ValueError):
@@ -79,17 +82,63 @@ def detect_format(flat, path="checkpoint"):
     )
 
 
+def _layer(value, i):
+    """Layer i of a stacked array, or of its ShapeDtypeStruct (an abstract init tree)."""
+    if hasattr(value, "__getitem__"):
+        return value[i]
+    return type(value)(tuple(value.shape[1:]), value.dtype)
+
+
 def _unstack_scan(flat):
-    """big_vision scan=True: Transformer/encoderblock/... has a leading depth axis."""
+    """Transformer/encoderblock/... with a leading depth axis -> Transformer/encoderblock_i/...;
+    flat trees without a scanned subtree come back as they are."""
     out = {}
     for k, v in flat.items():
-        if k.startswith("Transformer/encoderblock/"):
-            rest = k[len("Transformer/encoderblock/") :]
+        if k.startswith(SCANNED):
+            rest = k[len(SCANNED) :]
             for i in range(v.shape[0]):
-                out[f"Transformer/encoderblock_{i}/{rest}"] = v[i]
+                out[f"Transformer/encoderblock_{i}/{rest}"] = _layer(v, i)
         else:
             out[k] = v
     return out
+
+
+def _stack_scan(flat, stack):
+    """The inverse of `_unstack_scan`: every Transformer/encoderblock_i/X, i = 0..depth-1, becomes
+    Transformer/encoderblock/X = stack([...]) (np.stack or jnp.stack)."""
+    out, layers = {}, {}
+    for k, v in flat.items():
+        m = _BLOCK.match(k)
+        if m:
+            layers.setdefault(m.group(2), {})[int(m.group(1))] = v
+        else:
+            out[k] = v
+    for rest, by_index in layers.items():
+        out[SCANNED + rest] = stack([by_index[i] for i in range(len(by_index))])
+    return out
+
+
+def is_scanned(params):
+    """True for a parameter tree (nested or flat) in the scanned layout."""
+    return any(k.startswith(SCANNED) for k in (params if _is_flat(params) else flatten(params)))
+
+
+def _is_flat(tree):
+    return all(not hasattr(v, "items") for v in tree.values())
+
+
+def unstack_blocks(params):
+    """A nested parameter tree in the scanned layout -> the unrolled (official) layout; any other
+    tree unchanged. Works on numpy and JAX arrays, also inside `jax.jit`."""
+    if not is_scanned(params):
+        return params
+    return unflatten(_unstack_scan(flatten(params)))
+
+
+def stack_blocks(params, stack=np.stack):
+    """A nested parameter tree in the unrolled layout -> the scanned layout (`stack`: np.stack, or
+    jnp.stack inside `jax.jit`)."""
+    return unflatten(_stack_scan(flatten(params), stack))
 
 
 def to_vit_se_keys(flat, fmt):
@@ -109,10 +158,11 @@ def to_vit_se_keys(flat, fmt):
     for k, v in flat.items():
         parts = k.split("/")
         out["/".join(_PRE_LINEN.get(p, p) for p in parts)] = v
-    return out
+    return _unstack_scan(out)  # a scanned tree saved without save_npz
 
 
 def _depth(flat):
+    """Number of blocks of a flat tree in the unrolled layout."""
     return len({int(m.group(1)) for k in flat if (m := _BLOCK.match(k))})
 
 
@@ -151,18 +201,10 @@ def _has_map(tree):
 
 
 def _variant_name(info):
-    from vit_se.model_configs import VARIANTS
+    from vit_se.model_configs import variant_of_dims
 
-    for name, (hidden, layers, heads, mlp, patch) in VARIANTS.items():
-        if (hidden, layers, heads, mlp, patch) == (
-            info["width"],
-            info["depth"],
-            info["heads"],
-            info["mlp_dim"],
-            info["patch"],
-        ):
-            return name
-    return "custom"
+    dims = (info["width"], info["depth"], info["heads"], info["mlp_dim"], info["patch"])
+    return variant_of_dims(*dims)
 
 
 def resize_posemb(posemb, new_tokens, has_cls):
@@ -214,6 +256,10 @@ def _shape(x):
 def load_pretrained(path, init_params):
     """Loads an official checkpoint into the structure of `init_params`.
 
+    Either family, with or without scan-stacked blocks, loads into either layout of the model:
+    blocks are matched one by one in the unrolled layout and stacked at the end when `init_params`
+    is scanned, so every error names the official per-block key.
+
     Args:
       path: local or gs:// path of a vit_jax or big_vision .npz.
       init_params: the model's freshly initialised params (arrays or ShapeDtypeStructs); supplies
@@ -230,6 +276,8 @@ def params_from_flat(flat_ckpt, init_params, path="checkpoint"):
     fmt = detect_format(flat_ckpt, path)
     ckpt = to_vit_se_keys(flat_ckpt, fmt)
     expected = flatten(init_params)
+    scanned = is_scanned(expected)
+    expected = _unstack_scan(expected)
     _check_variant(path, ckpt, expected)
     if _has_map(ckpt):
         raise CheckpointError(
@@ -278,7 +326,7 @@ def params_from_flat(flat_ckpt, init_params, path="checkpoint"):
         raise CheckpointError(f"{path} ({fmt}) does not fit the model: " + " | ".join(parts))
     fresh = sorted({k.split("/")[0] for k in expected if out[k] is expected[k]})
     logging.info("Loaded %s (%s); freshly initialised: %s", path, fmt, fresh or "nothing")
-    return unflatten(out)
+    return unflatten(_stack_scan(out, np.stack) if scanned else out)
 
 
 def _check_variant(path, ckpt, expected):
@@ -300,8 +348,12 @@ def _check_variant(path, ckpt, expected):
 
 
 def save_npz(params, path):
-    """Writes params as a vit_jax-style flat .npz (linen names), atomically."""
-    flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+    """Writes params as a vit_jax-style flat .npz (linen names), atomically.
+
+    A scanned tree is written unstacked (encoderblock_0, encoderblock_1, ...), so every file this
+    writes has the official layout and loads into any tool and into either layout of the model.
+    """
+    flat = _unstack_scan({k: np.asarray(v) for k, v in flatten(params).items()})
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)

@@ -31,8 +31,17 @@ def schedule(config, steps_per_epoch, total_steps):
 
 
 def _decay_mask(params):
-    """Weight decay on kernels and embeddings only, not on biases, LayerNorm scales or cls."""
-    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+    """Weight decay on kernels and embeddings only, not on biases, LayerNorm scales or cls.
+
+    A scanned model's blocks (`Transformer/encoderblock`) carry a leading depth axis, which does
+    not make a stacked bias a kernel.
+    """
+
+    def decayed(path, p):
+        stacked = any(getattr(k, "key", None) == "encoderblock" for k in path)
+        return p.ndim - int(stacked) > 1
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def optimizer(config, lr_schedule):

@@ -4,6 +4,11 @@ One mesh axis, 'data', spans every device of every process. Batches are split al
 and optimizer state are either replicated (plain data parallelism) or, with `fsdp`, split along it
 on their largest divisible dimension when their path matches a regex, as big_vision's fsdp rule
 does. The same rule applies to optimizer moments because their paths end with the parameter's.
+
+A scanned model (`config.model.scan`) stacks its blocks under 'Transformer/encoderblock/' with a
+leading depth axis. That axis is never split: the scan takes one layer per step, and a layer that
+lives on one device would be all-gathered whole. Each stacked array is split as one of its layers
+would be, so a scanned and an unrolled model shard alike.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ def fsdp_spec(shape, num_shards, min_size):
     return P()
 
 
+def _stacked(path):
+    return "Transformer/encoderblock/" in path
+
+
 def state_shardings(mesh, abstract_state, mode="replicate", pattern=".*", min_size=2**14):
     """A NamedSharding for every leaf of a (possibly abstract) train-state pytree."""
     if mode not in ("replicate", "fsdp"):
@@ -62,7 +71,10 @@ def state_shardings(mesh, abstract_state, mode="replicate", pattern=".*", min_si
 
     def rule(keypath, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        if mode == "fsdp" and regex.search(_path(keypath)):
+        path = _path(keypath)
+        if mode == "fsdp" and regex.search(path):
+            if _stacked(path) and shape:
+                return NamedSharding(mesh, P(None, *fsdp_spec(shape[1:], num_shards, min_size)))
             return NamedSharding(mesh, fsdp_spec(shape, num_shards, min_size))
         return NamedSharding(mesh, P())
 
