@@ -1,11 +1,13 @@
 """bfloat16 activations against float32 for ViT-B/16 + SE, on whatever device JAX sees.
 
-  python benchmarks/bf16_check.py [--model=B/16] [--batch=16]
+  python benchmarks/bf16_check.py [--model=B/16] [--batch=16] [--impl=plain] [--attention_impl=xla]
 
 Prints the max and mean |logit difference| between dtype=bfloat16 and float32 forward passes
 with the same float32 parameters (random, with a non-zero head so logits are not all zero), the
 top-1 agreement, and that a bfloat16 train step gives a finite loss and finite float32 gradients.
-Runs without TensorFlow (only jax, flax, optax, ml_collections).
+--impl and --attention_impl set the model's fields for both passes (cuDNN attention on an NVIDIA
+GPU: the float32 pass then runs its attention core in bfloat16 too). Runs without TensorFlow
+(only jax, flax, optax, ml_collections).
 """
 
 import argparse
@@ -26,9 +28,13 @@ def main():
     parser.add_argument("--model", default="B/16")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--impl", default="auto", choices=models.IMPLS)
+    parser.add_argument("--attention_impl", default="xla", choices=models.ATTENTION_IMPLS)
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()})")
+    impl = models.resolve_impl(args.impl, args.attention_impl)
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}); impl {impl}")
     cfg = model_configs.get_config(args.model)
+    cfg.impl, cfg.attention_impl = args.impl, args.attention_impl
     f32 = models.build_model(cfg, 7)
     bf16 = models.build_model(cfg, 7, dtype="bfloat16")
     x = jax.random.uniform(

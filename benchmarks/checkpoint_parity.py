@@ -3,7 +3,8 @@
   python benchmarks/checkpoint_parity.py
 
 Writes small random checkpoints in the official vit_jax and big_vision layouts to a temp dir,
-loads them through vit_se.checkpoint, and reports the max abs logit difference in float32.
+loads them through vit_se.checkpoint into the unrolled model and into a scanned one
+(`config.model.scan`), and reports the max abs logit difference in float32.
 """
 
 import os
@@ -26,23 +27,25 @@ def main():
     weights = random_arrays(vit_jax_shapes(**dims, head=7), seed=0)
     x = np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
     cfg = model_configs.get_config("tiny/8", use_se=False)
-    model = models.build_model(cfg, 7)
-    init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, arrays, bv in [
-            ("vit_jax", weights, False),
-            ("big_vision", vit_jax_to_big_vision(weights), True),
-            ("big_vision scan", vit_jax_to_big_vision(weights, scan=True), True),
-        ]:
-            path = os.path.join(tmp, "ckpt.npz")
-            np.savez(path, **arrays)
-            params = checkpoint.load_pretrained(path, init)
-            got = np.asarray(model.apply({"params": params}, x))
-            want = forward(arrays, x, big_vision=bv)
-            print(
-                f"{label:16s} max|logit diff| = {np.max(np.abs(got - want)):.2e} "
-                f"(logit scale {np.max(np.abs(want)):.2f})"
-            )
+        for scan in (False, True):
+            model = models.build_model(cfg, 7, scan=scan)
+            init = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+            for label, arrays, bv in [
+                ("vit_jax", weights, False),
+                ("big_vision", vit_jax_to_big_vision(weights), True),
+                ("big_vision scan", vit_jax_to_big_vision(weights, scan=True), True),
+            ]:
+                path = os.path.join(tmp, "ckpt.npz")
+                np.savez(path, **arrays)
+                params = checkpoint.load_pretrained(path, init)
+                got = np.asarray(model.apply({"params": params}, x))
+                want = forward(arrays, x, big_vision=bv)
+                into = "scanned" if scan else "unrolled"
+                print(
+                    f"{label:16s} -> {into:8s} model: max|logit diff| = "
+                    f"{np.max(np.abs(got - want)):.2e} (logit scale {np.max(np.abs(want)):.2f})"
+                )
 
 
 if __name__ == "__main__":

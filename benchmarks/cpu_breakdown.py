@@ -9,7 +9,9 @@ overlap. This times each kind of work alone, at the shapes of ViT-B/16 at 224 px
 - the dense matmuls of a block (tokens x 768 -> 768 or 3072 and back) in the three forms a
   training step runs them: forward, input gradient (dy @ W.T) and weight gradient (x.T @ dy);
 - the attention core of one layer (softmax(q k^T / 8) v), forward and forward + backward, as
-  vit_se computes it (models._attend) and, with the peer, torch's scaled_dot_product_attention;
+  the CPU path computes it (head-major, `vit_se.cpu_lean.attend`), as the plain path does
+  (`jax.nn.dot_product_attention`, token-major, implementation 'xla') and, with the peer, torch's
+  scaled_dot_product_attention;
 - the AdamW update of all B/16 parameters, as the trainer builds and compiles it (vit_se.optim,
   donated state, CPU_COMPILER_OPTIONS).
 
@@ -44,7 +46,7 @@ def measure_jax(repeats):
     import numpy as np
     import optax
 
-    from vit_se import models, optim, train_step
+    from vit_se import cpu_lean, optim, train_step
 
     rng = np.random.default_rng(0)
 
@@ -66,12 +68,26 @@ def measure_jax(repeats):
     q, k, v, g = (arr(BATCH, HEADS, TOKENS, HEAD_DIM) for _ in range(4))
 
     def core(q, k, v):
-        return models._attend(jnp.einsum("bhqd,bhkd->bhqk", q / HEAD_DIM**0.5, k), v)
+        return cpu_lean.attend(jnp.einsum("bhqd,bhkd->bhqk", q / HEAD_DIM**0.5, k), v)
 
-    def core_grad(q, k, v, g):
-        return jax.grad(lambda *a: jnp.sum(core(*a) * g), argnums=(0, 1, 2))(q, k, v)
+    def plain(q, k, v):  # [B, T, H, D] in and out, as flax's attention module hands it over
+        return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
-    out["attention"] = {"forward": timed(core, q, k, v), "fwd+bwd": timed(core_grad, q, k, v, g)}
+    def grad_of(f):
+        def fwd_bwd(q, k, v, g):
+            return jax.grad(lambda *a: jnp.sum(f(*a) * g), argnums=(0, 1, 2))(q, k, v)
+
+        return fwd_bwd
+
+    out["attention"] = {
+        "forward": timed(core, q, k, v),
+        "fwd+bwd": timed(grad_of(core), q, k, v, g),
+    }
+    q, k, v, g = (jnp.swapaxes(t, 1, 2) for t in (q, k, v, g))
+    out["attention plain"] = {
+        "forward": timed(plain, q, k, v),
+        "fwd+bwd": timed(grad_of(plain), q, k, v, g),
+    }
 
     config = _jax_setup(parse_args([]))
     model = train_step.create_model(config)
@@ -131,7 +147,7 @@ def _flops(section, kind):
     if section.startswith("dense"):
         k, n = (int(v) for v in section.split()[1].split("->"))
         return 2 * ROWS * k * n
-    if section == "attention":
+    if section.startswith("attention"):
         return ATTN_FLOPS * (1 if kind == "forward" else 3)
     return None
 

@@ -5,6 +5,14 @@
   python benchmarks/train_speed.py --peer --steps=20 --warmup=5 --json_out=/tmp/speed.json
   python benchmarks/train_speed.py --peer --rounds=3     # 3 alternating JAX/timm rounds
   python benchmarks/train_speed.py --from_json=/tmp/speed.json      # re-print a saved run
+  python benchmarks/train_speed.py --impl=plain           # the plain computation on this CPU
+  # an accelerator's measurement in one command:
+  python benchmarks/train_speed.py --peer --batches=64,256 --dtype=bfloat16 --attention_impl=cudnn
+
+Model options (`config.model.*`, README "The model"): --impl (auto: cpu_lean on a CPU, plain
+elsewhere), --attention_impl (xla, cudnn), --scan, --remat_policy (none, full, save_dots).
+--batches=64,256 runs the whole measurement at each batch size in turn (train and inference
+batch both), one table per size: at batch 8 a GPU measures per-step overhead, not arithmetic.
 
 What it prints, for the machine it runs on:
 - the measured matmul rate: a jitted float32 2048^3 product (and bfloat16 8192^3 on a GPU), best
@@ -55,6 +63,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timm_peer
 MEASUREMENTS = ("matmul", "jax_train", "jax_infer", "timm_train", "timm_infer")
 NUM_CLASSES = 7
 MiB = 2**20
+# vit_se.models.IMPLS, ATTENTION_IMPLS and REMAT_POLICIES (tests/test_benchmarks.py checks they
+# agree): spelt out so that the parent process, which never imports JAX, can check the flags.
+IMPLS = ("auto", "plain", "cpu_lean")
+ATTENTION_IMPLS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "save_dots")
 
 
 def parse_args(argv=None):
@@ -70,6 +83,23 @@ def parse_args(argv=None):
         default="float32",
         choices=("float32", "bfloat16"),
         help="compute dtype (parameters stay float32; timm uses autocast)",
+    )
+    p.add_argument("--impl", default="auto", choices=IMPLS, help="config.model.impl")
+    p.add_argument(
+        "--attention_impl",
+        default="xla",
+        choices=ATTENTION_IMPLS,
+        help="config.model.attention_impl (cudnn: NVIDIA GPUs)",
+    )
+    p.add_argument("--scan", action="store_true", help="config.model.scan: nn.scan over blocks")
+    p.add_argument(
+        "--remat_policy", default="none", choices=REMAT_POLICIES, help="config.model.remat_policy"
+    )
+    p.add_argument(
+        "--batches",
+        default=None,
+        help="comma-separated batch sizes (e.g. 64,256): the whole measurement at each, train "
+        "and inference batch alike; overrides --batch and --inference_batch",
     )
     p.add_argument("--peer", action="store_true", help="also run timm's ViT-B/16")
     p.add_argument(
@@ -203,6 +233,18 @@ def _device_info(jax):
     }
 
 
+def _model_info(args):
+    """The implementation 'auto' resolved to on this device, beside the other model options."""
+    from vit_se import models
+
+    return {
+        "impl": models.resolve_impl(args.impl, args.attention_impl),
+        "attention_impl": args.attention_impl,
+        "scan": args.scan,
+        "remat_policy": args.remat_policy,
+    }
+
+
 def _jax_peak(jax, out):
     dev = jax.devices()[0]
     if dev.platform != "cpu":
@@ -245,6 +287,10 @@ def _jax_setup(args):
     config = common.get_config()
     config.model = model_configs.get_config(args.model)
     config.model.dtype = args.dtype
+    config.model.impl = args.impl
+    config.model.attention_impl = args.attention_impl
+    config.model.scan = args.scan
+    config.model.remat_policy = args.remat_policy
     config.batch_size = args.batch
     config.image_size = args.image_size
     config.num_classes = NUM_CLASSES
@@ -291,7 +337,7 @@ def measure_jax_train(args):
         holder[0], metrics = compiled(holder[0], batch)
         return holder[0], metrics
 
-    out = dict(info, compile_s=compile_s, base_rss_bytes=base_rss)
+    out = dict(info, compile_s=compile_s, base_rss_bytes=base_rss, **_model_info(args))
     out["step_times"] = _time_steps(run, steps, warmup, jax.block_until_ready, out)
     out["xla_flops"] = _xla_flops(compiled)
     out["xla_temp_bytes"] = _xla_temp_bytes(compiled)
@@ -330,7 +376,7 @@ def measure_jax_infer(args):
     compiled = apply.lower(params, images).compile()
     compile_s = time.perf_counter() - t0
     train_step.release_host_memory()  # as the trainer does after compiling
-    out = dict(info, compile_s=compile_s, base_rss_bytes=base_rss)
+    out = dict(info, compile_s=compile_s, base_rss_bytes=base_rss, **_model_info(args))
     run = lambda: compiled(params, images)
     out["step_times"] = _time_steps(run, steps, warmup, jax.block_until_ready, out)
     out["xla_flops"] = _xla_flops(compiled)
@@ -382,7 +428,12 @@ def _forwarded_flags(args):
         f"--inference_batch={args.inference_batch}",
         f"--image_size={args.image_size}",
         f"--dtype={args.dtype}",
+        f"--impl={args.impl}",
+        f"--attention_impl={args.attention_impl}",
+        f"--remat_policy={args.remat_policy}",
     ]
+    if args.scan:
+        flags.append("--scan")
     if args.steps is not None:
         flags.append(f"--steps={args.steps}")
     if args.warmup is not None:
@@ -661,6 +712,12 @@ def report(args, results, loads):
         f"{args.model} at {args.image_size} px, {args.dtype}, train batch {args.batch}, "
         f"inference batch {args.inference_batch}"
     )
+    train = results.get("jax_train", {})
+    if "impl" in train:
+        header += (
+            f"\nvit_se model: impl {args.impl} ({train['impl']}), attention_impl "
+            f"{train['attention_impl']}, scan {train['scan']}, remat_policy {train['remat_policy']}"
+        )
     print_table(results, args, header, show_cpu=not gpu)
     if args.peer:
         print_round_ratios(results, args)
@@ -674,6 +731,35 @@ def report(args, results, loads):
     }
 
 
+def parse_batches(text):
+    """'64,256' -> [64, 256]; None -> [None] (one run at --batch / --inference_batch)."""
+    if not text:
+        return [None]
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        sys.exit(f"--batches: expected comma-separated integers, got {text!r}")
+    if not sizes or min(sizes) < 1:
+        sys.exit(f"--batches: expected batch sizes of at least 1, got {text!r}")
+    return sizes
+
+
+def _at_batch(args, batch):
+    run_args = argparse.Namespace(**vars(args))
+    if batch is not None:
+        run_args.batch = run_args.inference_batch = batch
+    return run_args
+
+
+def _replay(args, saved):
+    """Re-prints one saved run; returns its summary."""
+    run_args = argparse.Namespace(**vars(args))
+    for key, value in saved["args"].items():
+        if key not in ("json_out", "peer_python"):
+            setattr(run_args, key, value)
+    return report(run_args, saved["results"], saved["load_average"])
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.rounds < 1:
@@ -683,13 +769,14 @@ def main(argv=None):
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
-        for key, value in saved["args"].items():
-            if key not in ("json_out", "peer_python"):
-                setattr(args, key, value)
-        results, loads = saved["results"], saved["load_average"]
+        summaries = [_replay(args, run) for run in saved.get("runs", [saved])]
     else:
-        results, loads = measure_all(args)
-    summary = report(args, results, loads)
+        summaries = []
+        for batch in parse_batches(args.batches):
+            run_args = _at_batch(args, batch)
+            results, loads = measure_all(run_args)
+            summaries.append(report(run_args, results, loads))
+    summary = summaries[0] if len(summaries) == 1 else {"runs": summaries}
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(summary, f, indent=1)

@@ -64,6 +64,66 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         assert len(results[name]["step_times"]) == 4
         assert results[name]["images_per_s"] > 0
     assert results["jax_train"]["xla_temp_bytes"] >= 0
+    # CPU-only assertion (tests are pinned to CPU): 'auto' resolved to the CPU path.
+    assert results["jax_train"]["impl"] == "cpu_lean"
+
+
+def test_model_option_choices_are_the_models():
+    from vit_se import models
+
+    assert models.IMPLS == train_speed.IMPLS
+    assert models.ATTENTION_IMPLS == train_speed.ATTENTION_IMPLS
+    assert tuple(models.REMAT_POLICIES) == train_speed.REMAT_POLICIES
+
+
+def test_parse_batches():
+    assert train_speed.parse_batches(None) == [None]
+    assert train_speed.parse_batches("64,256") == [64, 256]
+    with pytest.raises(SystemExit, match="--batches"):
+        train_speed.parse_batches("64,x")
+    with pytest.raises(SystemExit, match="--batches"):
+        train_speed.parse_batches("0")
+
+
+def test_train_speed_model_options_and_batches(tmp_path):
+    # The plain implementation, scanned and rematerialised, at two batch sizes in one command.
+    out = tmp_path / "speed.json"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "train_speed.py"),
+        "--model=tiny/4",
+        "--image_size=16",
+        "--steps=1",
+        "--warmup=1",
+        "--impl=plain",
+        "--scan",
+        "--remat_policy=full",
+        "--batches=2,4",
+        f"--json_out={out}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "impl plain (plain), attention_impl xla, scan True, remat_policy full" in proc.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["args"]["batch"], r["args"]["inference_batch"]) for r in runs] == [(2, 2), (4, 4)]
+    for run in runs:
+        for name in ("jax_train", "jax_infer"):
+            result = run["results"][name]
+            assert "error" not in result, result
+            assert (result["impl"], result["scan"], result["remat_policy"]) == (
+                "plain",
+                True,
+                "full",
+            )
+    replay = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "train_speed.py"), f"--from_json={out}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    assert replay.stdout.count("train images/s ") == 2
 
 
 def test_cpu_breakdown_times_every_piece():
@@ -71,5 +131,6 @@ def test_cpu_breakdown_times_every_piece():
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split(",")[0] for line in proc.stdout.splitlines() if "," in line]
-    for piece in ("dense 768->768", "dense 768->3072", "dense 3072->768", "attention", "adamw"):
+    pieces = ("dense 768->768", "dense 768->3072", "dense 3072->768", "attention", "adamw")
+    for piece in pieces + ("attention plain",):
         assert piece in rows, proc.stdout
