@@ -47,7 +47,7 @@ def parse_args(argv=None):
 
 
 def make_config(args, root):
-    from configs import common
+    from vit_se.configs import common
 
     config = common.get_config()
     config.dataset = "raf_db"
@@ -77,7 +77,7 @@ def run(args, root):
     t0 = time.perf_counter()
     if not os.path.isdir(config.manual_dir):
         write_fake_raf_db(config.manual_dir, num_train=args.num_train, num_test=35, seed=0)
-    builder = input_pipeline.load_builder(config)
+    builder = input_pipeline.builder_of(config)
     n = input_pipeline.num_examples(builder, config.train_split)
     print(f"fake RAF-DB: {n} training images, written and built in {time.perf_counter() - t0:.1f}s")
 

@@ -5,9 +5,10 @@
   python -m vit_se.main --config=configs/affectnet.py:8class --workdir=$W/affectnet8 \
       --config.pretrained_path=$CKPT/ViT-B_16-224.npz --config.manual_dir=$AFFECTNET
 
-The config argument picks the builder config: `7class` (default), `8class` (contempt as class 7,
-num_classes 8), `7class_facebox` or `8class_facebox` (images cropped to the CSV face box),
-optionally followed by a model variant (`8class,S/16`); a bare variant (`S/16`) keeps 7 classes.
+The config argument `classes=` (or a bare first item) picks the builder config: `7class`
+(default), `8class` (contempt as class 7, num_classes 8), `7class_facebox` or `8class_facebox`
+(images cropped to the CSV face box); `variant=` and `recipe=` work as in every config, e.g.
+`--config=configs/affectnet.py:8class,variant=S/16,recipe=vit_jax`.
 
 Aims at the published accuracy on the official validation set, which every paper reports as its
 test set (7 / 8 classes): POSTER++ 67.49 / 63.77, DDAMFN++ 67.36 / 65.04, DAN 65.69 / 62.09,
@@ -26,43 +27,32 @@ reproduce. The class-folder variant, when it has a test/ folder, gives a `test` 
 `--config.test_split` to report on it.
 """
 
-import re
-
-from configs import common
 from vit_se import model_configs
+from vit_se.configs import common
 
 DATASET_CONFIGS = ("7class", "8class", "7class_facebox", "8class_facebox")
 
 
 def get_config(arg=None):
-    dataset_config, variant = "7class", "B/16"
-    for item in (arg or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        if item in DATASET_CONFIGS:
-            dataset_config = item
-        elif re.fullmatch(r"[A-Za-z]+/\d+", item):
-            variant = item
-        else:
-            raise ValueError(
-                f"configs/affectnet.py: {item!r} is neither a builder config "
-                f"({', '.join(DATASET_CONFIGS)}) nor a model variant such as B/16"
-            )
+    arg = common.parse_arg(arg, classes="7class", variant="B/16", recipe="authors")
+    if arg.classes not in DATASET_CONFIGS:
+        raise ValueError(
+            f"config argument classes={arg.classes!r}: expected one of {', '.join(DATASET_CONFIGS)}"
+        )
     config = common.get_config()
     config.dataset = "affectnet"
-    config.dataset_config = dataset_config
-    config.num_classes = 8 if dataset_config.startswith("8class") else 7
+    config.dataset_config = arg.classes
+    config.num_classes = 8 if arg.classes.startswith("8class") else 7
     config.train_split = "train[:98%]"
     config.val_split = "train[98%:]"
     config.test_split = "validation"
     config.class_balanced = True
     config.selection_metric = "mean_class_accuracy"
-    config.model = model_configs.get_config(variant, use_se=True, se_reduction=4)
+    config.model = model_configs.get_config(arg.variant, use_se=True, se_reduction=4)
     config.augment.crop = "five_crop"
     # About 178k steps at the default batch of 8; one epoch is 283,901 (7) / 287,651 (8) images.
     config.num_epochs = 5.0
     config.step_decay_every_epochs = 2.0
     config.eval_every = 5000
     config.checkpoint_every = 5000
-    return config
+    return common.apply_recipe(config, arg.recipe)

@@ -10,21 +10,21 @@ folds' subjects and reports the held-out fold as `test`; the model reported is t
 (no selection on the test fold: val_split is empty).
 """
 
-from configs import common
 from vit_se import model_configs
+from vit_se.configs import common
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
     config = common.get_config()
     config.dataset = "ck_plus"
     config.dataset_config = "7class"
     config.fold = 0  # 0..9; train and test splits are derived from it
-    config.num_folds = 10
     config.train_split = ""
     config.val_split = ""
     config.test_split = ""
-    config.model = model_configs.get_config(arg or "B/16", use_se=True, se_reduction=4)
+    config.model = model_configs.get_config(arg.variant, use_se=True, se_reduction=4)
     config.augment.crop = "five_crop"
     config.eval_every = 1000
     config.checkpoint_every = 1000
-    return config
+    return common.apply_recipe(config, arg.recipe)

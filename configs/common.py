@@ -1,14 +1,70 @@
 """Defaults shared by every vit_se training config; each dataset config starts from these.
 
-Not a runnable config by itself: `get_config()` here has no dataset. The values follow the
-authors' later code (AdamW 1e-4, batch 8, 30 epochs, step decay x0.2 every 10 epochs) where the
-paper is silent; the vit_jax fine-tuning recipe (SGD momentum 0.9, lr 0.03, warmup + cosine,
-clip 1.0, batch 512) is one `--config.optimizer=sgd ...` away and written out in `vit_jax_recipe`.
+Not a runnable config by itself: `get_config()` here has no dataset. Every field any part of
+vit_se reads is declared here (optional ones as typed placeholders), so each can be set from the
+command line (`--config.fold=3`) and a misspelt one fails at once.
+
+The values follow the authors' later code (AdamW 1e-4, batch 8, 30 epochs, step decay x0.2 every
+10 epochs) where the paper is silent. The vit_jax fine-tuning recipe (SGD momentum 0.9, lr 0.03,
+warmup + cosine, clip 1.0, batch 512) is the config argument `recipe=vit_jax`:
+
+  python -m vit_se.main --config=configs/raf_db.py:variant=S/16,recipe=vit_jax --workdir=...
+
+Config files import this module as `vit_se.configs.common`: the top-level `configs/` folder is
+installed as the package `vit_se.configs`, so a config loads from any folder and from an
+installed wheel.
 """
 
 import ml_collections
 
 from vit_se import model_configs
+
+RECIPES = ("authors", "vit_jax")
+
+
+def parse_arg(arg, **defaults):
+    """The config argument, big_vision style: `variant=S/16,recipe=vit_jax` -> ConfigDict.
+
+    `defaults` names every accepted key and its default (whose type converts the given string);
+    a bare first item (`S/16`) sets the first key, so `configs/sfew.py:S/16` still works.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return out
+    keys = list(defaults)
+    for i, item in enumerate(arg.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            if i or not keys:
+                raise ValueError(f"config argument {item!r}: expected KEY=VALUE")
+            key, value = keys[0], item
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"config argument {key!r}: unknown; expected one of {', '.join(keys)}")
+        out[key] = _convert(value.strip(), defaults[key], key)
+    return out
+
+
+def _convert(value, default, key):
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"config argument {key}={value!r}: expected True or False")
+        return value.lower() in ("true", "1")
+    try:
+        return type(default)(value) if default is not None else value
+    except ValueError:
+        raise ValueError(
+            f"config argument {key}={value!r}: expected a {type(default).__name__}"
+        ) from None
+
+
+def apply_recipe(config, recipe):
+    """Sets the optimisation recipe named by the config argument `recipe`."""
+    if recipe not in RECIPES:
+        raise ValueError(f"config argument recipe={recipe!r}: expected one of {', '.join(RECIPES)}")
+    if recipe == "vit_jax":
+        vit_jax_recipe(config)
+    return config
 
 
 def get_config():
@@ -28,6 +84,12 @@ def get_config():
     config.num_classes = 7
     config.image_size = 224
     config.face_crop = False
+    # k-fold builders (CK+, JAFFE): a fold number replaces train_split / test_split.
+    config.fold = ml_collections.config_dict.placeholder(int)
+    config.num_folds = 10
+    # Built-in synthetic data (configs/demo.py): written to manual_dir in the dataset's own
+    # layout before training; the other fields go to `<dataset>/fake_data.py`'s writer.
+    config.fake_data = ml_collections.ConfigDict({"enabled": False})
 
     config.augment = ml_collections.ConfigDict()
     config.augment.crop = "random_resized"  # 'random_resized', 'five_crop', 'none'
@@ -64,10 +126,17 @@ def get_config():
     config.grad_clip_norm = 0.0  # 0 disables
     config.label_smoothing = 0.0
     config.freeze_backbone_steps = 0  # train only head and SE for this many steps
+    # A step whose loss or gradient norm is not finite: 'stop' ends the run at once (exit 3, the
+    # last finite checkpoint stays the latest, nothing exported); 'skip_step' drops that update
+    # and stops only after max_consecutive_skips such steps in a row.
+    config.on_nonfinite = "stop"
+    config.max_consecutive_skips = 10
 
     # Parallelism: 'replicate' (data parallel) or 'fsdp' (parameters sharded by name rule).
     config.param_sharding = "replicate"
-    config.fsdp_pattern = r".*"  # regex on the parameter path ('Transformer/encoderblock_3/...')
+    # Regex on the parameter path: 'Transformer/encoderblock_3/...' ('Transformer/encoderblock/...'
+    # with model.scan, one stacked array per kernel for all blocks).
+    config.fsdp_pattern = r".*"
     config.fsdp_min_size = 2**14  # smaller arrays stay replicated
 
     # Loop, logging, checkpoints.

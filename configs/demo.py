@@ -2,34 +2,29 @@
 
   python -m vit_se.main --config=configs/demo.py --workdir=/tmp/vit_se_demo
 
-Writes a small RAF-DB tree of drawn faces in the original distribution layout under
-<manual_dir>, builds it with the real `raf_db` tfds builder, trains a tiny ViT-SE through the real
-input pipeline, evaluates, checkpoints, exports and logs to TensorBoard. Expected: validation
-accuracy at least 0.85 (chance is 1/7 = 0.14), printed at the end;
-about a minute on 2 CPU cores.
+Writes a small RAF-DB tree of drawn faces in the original distribution layout to
+WORKDIR/fake_data/ (or --config.manual_dir), builds it there with the real `raf_db` tfds builder,
+trains a tiny ViT-SE through the real input pipeline, evaluates, checkpoints, exports and logs to
+TensorBoard. Expected: validation accuracy at least 0.85 (chance is 1/7 = 0.14), printed at the
+end; about two minutes on 2 CPU cores.
 """
 
-import os
-import tempfile
-
-from configs import common
 from vit_se import model_configs
+from vit_se.configs import common
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="tiny/8")
     config = common.get_config()
-    root = os.path.join(tempfile.gettempdir(), "vit_se_demo_data")
     config.dataset = "raf_db"
     config.dataset_config = "aligned"
-    config.manual_dir = os.path.join(root, "manual")
-    config.data_dir = os.path.join(root, "tensorflow_datasets")
-    config.fake_data = dict(enabled=True, num_train=700, num_test=140, seed=0)
+    config.fake_data.update(enabled=True, num_train=700, num_test=140, seed=0)
     # RAF-DB has no validation split: select on a held-out tenth of train, report test.
     config.train_split = "train[:90%]"
     config.val_split = "train[90%:]"
     config.test_split = "test"
 
-    config.model = model_configs.get_config(arg or "tiny/8")
+    config.model = model_configs.get_config(arg.variant)
     config.image_size = 48
     config.augment.crop = "random_resized"
     config.augment.crop_scale = (0.85, 1.0)

@@ -10,21 +10,21 @@ ablation with --config.model.use_se=False). The model reported is the final step
 poser is only reported (`test`), never used for selection.
 """
 
-from configs import common
 from vit_se import model_configs
+from vit_se.configs import common
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
     config = common.get_config()
     config.dataset = "jaffe"
     config.dataset_config = "face224"
     config.fold = 0  # 0..9: the held-out poser
-    config.num_folds = 10
     config.train_split = ""
     config.val_split = ""
     config.test_split = ""
-    config.model = model_configs.get_config(arg or "B/16", use_se=True, se_reduction=4)
+    config.model = model_configs.get_config(arg.variant, use_se=True, se_reduction=4)
     config.augment.crop = "five_crop"
     config.eval_every = 200
     config.checkpoint_every = 200
-    return config
+    return common.apply_recipe(config, arg.recipe)

@@ -7,19 +7,20 @@ Aims at the paper's 87.22% test accuracy (ViT+SE). Selection uses a held-out ten
 train split; the official test split is only reported.
 """
 
-from configs import common
 from vit_se import model_configs
+from vit_se.configs import common
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
     config = common.get_config()
     config.dataset = "raf_db"
     config.dataset_config = "aligned"
     config.train_split = "train[:90%]"
     config.val_split = "train[90%:]"
     config.test_split = "test"
-    config.model = model_configs.get_config(arg or "B/16", use_se=True, se_reduction=4)
+    config.model = model_configs.get_config(arg.variant, use_se=True, se_reduction=4)
     config.augment.crop = "five_crop"
     config.eval_every = 1000
     config.checkpoint_every = 1000
-    return config
+    return common.apply_recipe(config, arg.recipe)

@@ -11,20 +11,21 @@ honest, the checkpoint kept as "best" is chosen on a held-out tenth of Train, an
 split is reported as `test`. Without init_from, pass pretrained_path (an official i21k->i1k B/16).
 """
 
-from configs import common
 from vit_se import model_configs
+from vit_se.configs import common
 
 
 def get_config(arg=None):
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
     config = common.get_config()
     config.dataset = "sfew"
     config.dataset_config = "aligned"
     config.train_split = "train[:90%]"
     config.val_split = "train[90%:]"
     config.test_split = "validation"
-    config.model = model_configs.get_config(arg or "B/16", use_se=True, se_reduction=4)
+    config.model = model_configs.get_config(arg.variant, use_se=True, se_reduction=4)
     config.augment.crop = "five_crop"
     config.num_epochs = 30.0
     config.eval_every = 100
     config.checkpoint_every = 100
-    return config
+    return common.apply_recipe(config, arg.recipe)

@@ -48,7 +48,8 @@ Subcommands:
   run       run python -m vit_se.main on all workers at once; output streams here and is
             appended to ~/vit_se_run.log on each worker
   logs      print (or --follow) ~/vit_se_run.log of --worker (default 0; 'all' for every worker)
-  stop      interrupt vit_se.main on every worker (after Ctrl-C on run, the workers keep going)
+  stop      stop vit_se.main on every worker at a checkpoint (SIGINT; the same run resumes it;
+            after Ctrl-C on run, the workers keep going)
   status    describe the TPU (state, health, accelerator, runtime, endpoints)
   delete    delete the TPU (asks for confirmation unless --yes)
 

@@ -73,6 +73,74 @@ def _train_demo(root):
     return {"root": root, "workdir": workdir}
 
 
+# A short demo run: enough steps for checkpoints, evaluations and a resume to mean something.
+SHORT = [
+    "--config.fake_data.num_train=210",
+    "--config.fake_data.num_test=42",
+    "--config.num_train_steps=120",
+    "--config.checkpoint_every=20",
+    "--config.eval_every=60",
+    "--config.log_every=20",
+    "--config.batch_size=16",
+]
+
+
+def demo_cmd(workdir, data_root, *overrides):
+    """`python -m vit_se.main` on the demo config, its data built once under data_root."""
+    return [
+        sys.executable,
+        "-m",
+        "vit_se.main",
+        "--config=configs/demo.py",
+        f"--workdir={workdir}",
+        f"--config.manual_dir={data_root}/manual",
+        f"--config.data_dir={data_root}/tfds",
+        *overrides,
+    ]
+
+
+def demo_env(devices=1):
+    return dict(
+        os.environ,
+        PYTHONPATH=ROOT,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+
+
+def read_export(workdir):
+    """(export.json as a dict, params.npz as {key: array})."""
+    import numpy as np
+
+    with open(os.path.join(workdir, "export.json")) as f:
+        info = json.load(f)
+    with np.load(os.path.join(workdir, "params.npz")) as z:
+        return info, {k: z[k] for k in z.files}
+
+
+def _short_run(root):
+    data_root = os.path.join(root, "data")
+    workdir = os.path.join(root, "work")
+    r = subprocess.run(
+        demo_cmd(workdir, data_root, *SHORT),
+        cwd=ROOT,
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"data_root": data_root, "workdir": workdir}
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory):
+    """An uninterrupted SHORT demo run {'data_root', 'workdir'}: the reference for resumed runs.
+
+    Read-only for tests; runs that share its data_root reuse the built dataset.
+    """
+    return once(tmp_path_factory, "short_run", _short_run)
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """A finished tiny run of the real trainer on the demo config: {'root', 'workdir'}.

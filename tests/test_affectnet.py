@@ -463,11 +463,7 @@ def test_fake_data_cli(tmp_path, capsys):
 
 
 def _load_config():
-    path = os.path.join(ROOT, "configs", "affectnet.py")
-    spec = importlib.util.spec_from_file_location("affectnet_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("vit_se.configs.affectnet")
 
 
 @pytest.mark.parametrize(
@@ -476,8 +472,9 @@ def _load_config():
         (None, "7class", 7, "B/16"),
         ("8class", "8class", 8, "B/16"),
         ("8class_facebox", "8class_facebox", 8, "B/16"),
-        ("S/16", "7class", 7, "S/16"),
-        ("8class,S/16", "8class", 8, "S/16"),
+        ("variant=S/16", "7class", 7, "S/16"),
+        ("8class,variant=S/16", "8class", 8, "S/16"),
+        ("classes=8class_facebox,variant=S/16", "8class_facebox", 8, "S/16"),
     ],
 )
 def test_config_file(arg, dataset_config, num_classes, model):
@@ -495,5 +492,5 @@ def test_config_file(arg, dataset_config, num_classes, model):
 
 
 def test_config_rejects_an_unknown_argument():
-    with pytest.raises(ValueError, match="configs/affectnet.py: '9class'"):
+    with pytest.raises(ValueError, match="classes='9class': expected one of 7class, 8class"):
         _load_config().get_config("9class")

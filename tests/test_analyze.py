@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_se import analyze, attention, checkpoint, inference, model_configs, models
+from vit_se import analyze, attention, checkpoint, figures, inference, model_configs, models
+from vit_se import workdir as workdir_lib
 from vit_se.datasets.synthetic_faces import draw_face, save_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,15 +36,9 @@ def _trained(image_size=SIZE, seed=0, heads=None, **overrides):
     # The head is zero-initialised: make it random so logits and gradients are not all zero.
     head = params["head"]["kernel"]
     params["head"]["kernel"] = jax.random.normal(jax.random.PRNGKey(seed + 1), head.shape)
-    info = {
-        "model": config.to_dict(),
-        "num_classes": len(NAMES),
-        "class_names": NAMES,
-        "image_size": image_size,
-        "face_crop": False,
-        "eval_crop": "none",
-        "resize_to": 256,
-    }
+    info = workdir_lib.ExportInfo(
+        model=config.to_dict(), class_names=NAMES, image_size=image_size, eval_resize=image_size
+    )
     return inference.Trained(model, params, info)
 
 
@@ -278,10 +273,10 @@ def test_overlay_upsamples_and_blends():
     image = np.zeros((16, 16, 3), np.float32)  # mid gray in [-1, 1]
     heat = np.zeros((4, 4))
     heat[0, 0] = 1.0
-    out = analyze.overlay(image, heat, alpha=0.5, cmap="inferno")
+    out = figures.overlay(image, heat, alpha=0.5, cmap="inferno")
     assert out.shape == (224, 224, 3) and out.dtype == np.uint8
     assert out[:20, :20].mean() > out[-20:, -20:].mean()  # hot corner where the cell is
-    up = analyze.upsample(heat, 8)
+    up = figures.upsample(heat, 8)
     assert up.shape == (8, 8) and up[0, 0] == 1.0 and up[7, 7] == 0.0
 
 
@@ -308,10 +303,8 @@ def test_official_npz_with_labels(tmp_path):
     t = _trained(use_se=False)
     path = str(tmp_path / "vit.npz")
     checkpoint.save_npz(t.params, path)
-    loaded, source = analyze.load_model(
-        npz=path, variant="tiny/4", labels=NAMES, image_size=SIZE, use_se=False
-    )
-    assert source == {"npz": path, "variant": "tiny/4"}
+    loaded = inference.load_official(path, "tiny/4", NAMES, image_size=SIZE, use_se=False)
+    assert loaded.source == {"npz": path, "variant": "tiny/4"}
     folder = _face_folder(str(tmp_path / "faces"), n=2)
     out = str(tmp_path / "out")
     summary = analyze.analyze_files(loaded, [folder], out)
@@ -350,7 +343,9 @@ def test_command_line_on_a_trained_workdir(tmp_path, workdir):
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     _check_outputs(out, summary, 5)
-    assert summary["source"] == {"workdir": workdir, "params": "best_params.npz"}
+    # The default model is the val-selected one, as for every command.
+    best_step = workdir_lib.read_export_info(workdir).best_step
+    assert summary["source"] == {"workdir": workdir, "params": "best_params.npz", "step": best_step}
     assert summary["image_size"] == 48 and summary["grid"] == 6
     assert summary["num_layers"] == 2 and summary["num_heads"] == 2
     assert summary["grad_cam"]["class"] == "predicted" and summary["grad_cam"]["layer"] == 1
@@ -360,5 +355,16 @@ def test_command_line_on_a_trained_workdir(tmp_path, workdir):
     _check_png(os.path.join(out, "se_weights_by_class.png"))
     assert "wrote 5 image analyses" in r.stdout
 
-    with pytest.raises(FileNotFoundError, match="nope does not exist"):
-        analyze.collect_images([folder, str(tmp_path / "nope")])
+    missing = str(tmp_path / "nope")
+    r = subprocess.run(
+        [sys.executable, "-m", "vit_se.analyze", f"--workdir={workdir}", folder, missing],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"vit_se.analyze: no such file or folder: {missing}"
+    )

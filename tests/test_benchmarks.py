@@ -63,7 +63,9 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         assert len(results[name]["rounds"]) == 2
         assert len(results[name]["step_times"]) == 4
         assert results[name]["images_per_s"] > 0
-    assert results["jax_train"]["xla_temp_bytes"] >= 0
+    # XLA's plan for the step holds at least one layer's activations of the batch (tiny/4 at
+    # 16 px, batch 8: 8 x 17 tokens x 32 float32s).
+    assert results["jax_train"]["xla_temp_bytes"] > 8 * 17 * 32 * 4
     # CPU-only assertion (tests are pinned to CPU): 'auto' resolved to the CPU path.
     assert results["jax_train"]["impl"] == "cpu_lean"
 

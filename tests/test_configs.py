@@ -1,21 +1,27 @@
-"""Every shipped config loads, resolves its splits, passes validation and documents its command."""
+"""Every shipped config loads (from any folder), resolves its splits, passes validation, documents
+its command, and takes big_vision-style arguments."""
 
-import importlib.util
+import importlib
 import os
+import subprocess
+import sys
 
 import pytest
 
-from vit_se import train
+from vit_se import config_checks
+from vit_se.configs import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ["demo", "sfew", "raf_db", "fer2013", "ck_plus", "jaffe"]
+CONFIGS = ["demo", "sfew", "raf_db", "fer2013", "ck_plus", "jaffe", "affectnet"]
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"vit_se.configs.{name}")
+
+
+def test_every_config_file_is_tested():
+    files = {f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")}
+    assert files - {"__init__", "common"} == set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -23,13 +29,13 @@ def test_config_validates_and_docstring_starts_with_its_command(name, tmp_path):
     module = _load(name)
     doc = [line.strip() for line in module.__doc__.strip().splitlines()]
     # The command comes right after the one-line summary (a k-fold loop line may precede it).
-    first = next(i for i, line in enumerate(doc) if "python -m vit_se.main" in line)
+    first = next(i for i, line in enumerate(doc) if "python -m vit_se." in line)
     assert first <= 3, doc[:4]
-    assert any(f"python -m vit_se.main --config=configs/{name}.py" in line for line in doc)
+    assert any(f"--config=configs/{name}.py" in line for line in doc)
     config = module.get_config()
     config.lock()
-    config = train.resolve_splits(config)
-    train.validate_config(config, str(tmp_path))
+    config = config_checks.resolve(config)
+    config_checks.validate(config, str(tmp_path))
     assert config.train_split and config.test_split
     assert config.val_split != config.test_split
 
@@ -38,16 +44,91 @@ def test_config_validates_and_docstring_starts_with_its_command(name, tmp_path):
 def test_fold_configs_derive_disjoint_splits(name):
     config = _load(name).get_config()
     config.fold = 3
-    config = train.resolve_splits(config)
+    config = config_checks.resolve(config)
     assert config.test_split == "fold3"
     assert "fold3" not in config.train_split.split("+")
     assert len(config.train_split.split("+")) == 9
     config.fold = 10
-    with pytest.raises(train.ConfigError, match=r"config\.fold: fold 10 out of range 0\.\.9"):
-        train.resolve_splits(config)
+    message = r"config\.fold: fold 10 out of range 0\.\.9"
+    with pytest.raises(config_checks.ConfigError, match=message):
+        config_checks.resolve(config)
 
 
-def test_model_variant_is_the_config_argument():
+def test_fold_of_a_dataset_without_folds_is_refused():
+    config = _load("raf_db").get_config()
+    config.fold = 1
+    with pytest.raises(config_checks.ConfigError, match=r"'raf_db' has no cross-validation folds"):
+        config_checks.resolve(config)
+
+
+def test_bare_argument_is_the_variant():
     config = _load("raf_db").get_config("S/16")
     assert config.model.name == "S/16" and config.model.hidden_size == 384
     assert config.model.use_se and config.model.se_reduction == 4
+
+
+def test_keyword_arguments_pick_variant_and_recipe():
+    authors = _load("sfew").get_config()
+    config = _load("sfew").get_config("variant=L/16,recipe=vit_jax")
+    assert config.model.name == "L/16" and config.model.transformer.num_layers == 24
+    assert (config.optimizer, config.learning_rate, config.batch_size) == ("sgd", 0.03, 512)
+    assert config.grad_clip_norm == 1.0 and config.schedule == "cosine"
+    assert (authors.optimizer, authors.batch_size) == ("adamw", 8)
+    assert config.dataset == authors.dataset == "sfew"
+
+
+@pytest.mark.parametrize(
+    "arg,message",
+    [
+        ("recipe=adam", r"recipe='adam': expected one of authors, vit_jax"),
+        ("varient=S/16", r"'varient': unknown; expected one of variant, recipe"),
+        ("S/16,vit_jax", r"'vit_jax': expected KEY=VALUE"),
+    ],
+)
+def test_bad_arguments_are_one_line(arg, message):
+    with pytest.raises(ValueError, match=message):
+        _load("raf_db").get_config(arg)
+
+
+def test_parse_arg_converts_to_the_defaults_types():
+    arg = common.parse_arg("steps=30,lr=0.5,se=false", steps=10, lr=1.0, se=True)
+    assert (arg.steps, arg.lr, arg.se) == (30, 0.5, False)
+    with pytest.raises(ValueError, match=r"steps='x': expected a int"):
+        common.parse_arg("steps=x", steps=10)
+
+
+def test_every_optional_field_is_declared():
+    config = common.get_config()
+    for field in ("fold", "num_folds", "fake_data", "pretrained_path", "init_from", "data_dir"):
+        assert field in config, field
+    assert config.fold is None and config.num_folds == 10 and not config.fake_data.enabled
+
+
+def test_a_config_loads_from_another_folder(tmp_path):
+    # Relative to the repository it does not exist from tmp_path: the installed copy is used.
+    code = "import sys; from vit_se import cli; print(cli.resolve_config_paths(sys.argv[1:])[0])"
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--config=configs/sfew.py:variant=S/16"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out.endswith(os.path.join("configs", "sfew.py") + ":variant=S/16"), out
+    assert os.path.isfile(out.split("=", 1)[1].rsplit(":", 1)[0])
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "vit_se.main", "--config=nowhere/nothing.py", "--workdir=w"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "--config: config file nowhere/nothing.py does not exist (nor "
+        + os.path.join(os.path.dirname(common.__file__), "nothing.py")
+        + " among the installed configs)"
+    ]

@@ -18,6 +18,7 @@ from conftest import DEMO_NUM_TEST, DEMO_NUM_TRAIN, once, run_module
 from PIL import Image
 
 from vit_se import checkpoint, evaluate, inference, model_configs, models
+from vit_se import workdir as workdir_lib
 from vit_se.datasets import registry
 from vit_se.datasets.jaffe.fake_data import write_fake_jaffe
 from vit_se.datasets.labels import CLASS_NAMES, CLASS_NAMES_WITH_CONTEMPT
@@ -81,7 +82,7 @@ def _event_tags(folder):
 
 
 def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
-    r = _run(["vit_se.evaluate", f"--workdir={workdir}"], timeout=300)
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--params=params.npz"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = os.path.join(workdir, "eval", "raf_db-aligned-test")
     with open(os.path.join(out, evaluate.METRICS_FILE)) as f:
@@ -102,10 +103,17 @@ def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
     assert f"accuracy {result['accuracy']:.4f}" in r.stdout
 
 
-def test_best_params_on_the_selection_split_is_flagged(workdir, tmp_path):
-    result = evaluate.evaluate_workdir(
-        workdir, params_file="best_params.npz", split="train[90%:]", out=str(tmp_path / "o")
+def test_default_model_is_the_val_selected_one(workdir, tmp_path):
+    result = evaluate.evaluate_workdir(workdir, out=str(tmp_path / "o"))
+    assert result["params_file"] == "best_params.npz"
+    assert result["step"] == _export(workdir)["best_step"]
+    assert evaluate.default_out(workdir, "raf_db", "aligned", "test", "best_params.npz").endswith(
+        os.path.join("eval", "raf_db-aligned-test-best")
     )
+
+
+def test_best_params_on_the_selection_split_is_flagged(workdir, tmp_path):
+    result = evaluate.evaluate_workdir(workdir, split="train[90%:]", out=str(tmp_path / "o"))
     assert result["num_examples"] == NUM_TRAIN // 10
     assert result["step"] == _export(workdir)["best_step"]
     assert any("val_split" in n for n in result["notes"])
@@ -120,13 +128,15 @@ def test_cross_database_counts_every_example_exactly_once(workdir, data_root, ja
         dataset_config="original",
         manual_dir=jaffe_manual,
         batch_size=8,  # 21 = 2 x 8 + 5
+        params_file="params.npz",
     )
     assert result["split"] == "all" and result["num_examples"] == 21
     assert any("cross-database" in n for n in result["notes"])
     assert result["out"].endswith(os.path.join("eval", "jaffe-original-all"))
+    assert result["params_file"] == "params.npz"
     assert os.path.exists(os.path.join(result["out"], evaluate.CONFUSION_PNG))
 
-    trained = inference.load_trained(workdir)
+    trained = inference.load_trained(workdir, result["params_file"])
     builder = registry.load_builder("jaffe", data_dir=f"{data_root}/tfds", config="original")
     images, labels = [], []
     for ex in builder.as_dataset(split="all").as_numpy_iterator():
@@ -148,20 +158,16 @@ def _fake_run(path, num_classes, dataset, dataset_config):
     params = jax.tree_util.tree_map(lambda x: x + 0.5 * np.sign(x), params)  # varied predictions
     checkpoint.save_npz(params, os.path.join(path, "params.npz"))
     names = CLASS_NAMES_WITH_CONTEMPT if num_classes == 8 else CLASS_NAMES
-    info = {
-        "model": model_config.to_dict(),
-        "num_classes": num_classes,
-        "class_names": list(names),
-        "image_size": 32,
-        "dataset": dataset,
-        "dataset_config": dataset_config,
-        "face_crop": False,
-        "eval_crop": "none",
-        "resize_to": 256,
-        "step": 0,
-    }
-    with open(os.path.join(path, "export.json"), "w") as f:
-        json.dump(info, f)
+    info = workdir_lib.ExportInfo(
+        model=model_config.to_dict(),
+        class_names=list(names),
+        image_size=32,
+        eval_resize=32,
+        dataset=dataset,
+        dataset_config=dataset_config,
+        step=0,
+    )
+    workdir_lib.write_export_info(str(path), info)
     return str(path)
 
 
@@ -196,5 +202,5 @@ def test_unknown_split_and_dataset_fail_in_one_line(workdir):
     r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"], timeout=300)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("vit_se.evaluate: --split: 'nope'")
-    with pytest.raises(evaluate.EvaluationError, match="unknown dataset 'affectnet'"):
-        evaluate.evaluate_workdir(workdir, dataset="affectnet")
+    with pytest.raises(evaluate.EvaluationError, match="unknown dataset 'emotic'"):
+        evaluate.evaluate_workdir(workdir, dataset="emotic")

@@ -17,14 +17,13 @@ import sys
 import pytest
 from conftest import once
 
-from vit_se import evaluate, experiments
+from vit_se import evaluate
 from vit_se.datasets.ck_plus.fake_data import write_fake_ck_plus
 from vit_se.datasets.fer2013.fake_data import write_fake_fer2013
 from vit_se.datasets.jaffe.fake_data import write_fake_jaffe
+from vit_se.experiments import ablation, cross_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)  # the configs package
 
 STEPS = 8
 DEMO = [
@@ -59,7 +58,7 @@ def _experiments(*args):
 
 
 def _config(name, arg=None, **fields):
-    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    config = importlib.import_module(f"vit_se.configs.{name}").get_config(arg)
     for key, value in fields.items():
         target = config
         *path, last = key.split(".")
@@ -154,7 +153,7 @@ def test_ablation_with_intermediate_training(ablation_dir, data_root, tmp_path):
         eval_every=4,
         checkpoint_every=4,
     )
-    result = experiments.ablation(config, workdir, inter, variants=("vit_se",))
+    result = ablation.ablation(config, workdir, inter, variants=("vit_se",))
     rows = result["rows"]
     assert [(r["model"], r["intermediate"]) for r in rows] == [
         ("ViT+SE", "none"),
@@ -186,7 +185,7 @@ def test_kfold_ablation_reports_mean_and_std(data_root, tmp_path):
         eval_batch_size=8,
     )
     workdir = str(tmp_path / "ck")
-    result = experiments.ablation(config, workdir, folds=[0], variants=("vit",))
+    result = ablation.ablation(config, workdir, folds=[0], variants=("vit",))
     (row,) = result["rows"]
     assert row["split"] == "1 of 10 folds (held-out fold)"
     assert row["selection"].startswith("final step of each fold")
@@ -235,7 +234,13 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == (
-        "vit_se.experiments: --workdirs: expected NAME=VALUE, got 'novalue'"
+        "vit_se.experiments cross_dataset: --workdirs: expected NAME=VALUE, got 'novalue'"
     )
-    assert experiments.parse_dataset_spec("ck_plus/7class:fold0") == ("ck_plus", "7class", "fold0")
-    assert experiments.parse_dataset_spec("sfew") == ("sfew", None, None)
+    r = _experiments("grid")
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        "usage: python -m vit_se.experiments {ablation|cross_dataset} [flags]"
+    )
+    spec = cross_dataset.parse_dataset_spec("ck_plus/7class:fold0")
+    assert spec == ("ck_plus", "7class", "fold0")
+    assert cross_dataset.parse_dataset_spec("sfew") == ("sfew", None, None)

@@ -115,6 +115,8 @@ def test_saved_model_carries_labels_and_preprocessing(trained, exported):
     with open(os.path.join(out, "assets", "preprocessing.json")) as f:
         facts = json.load(f)
     assert facts["image_size"] == 48 and facts["face_crop"] is False
+    # The demo trains with random resized crops: evaluation resizes the whole image, no crop.
+    assert facts["eval_resize"] == 48 and "centre" not in facts["resize"]
     assert facts["class_names"] == list(CLASS_NAMES)
     loaded = tf.saved_model.load(out)
     assert [n.decode() for n in loaded.class_names.numpy()] == list(CLASS_NAMES)

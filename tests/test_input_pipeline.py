@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import common
 from vit_se import input_pipeline
+from vit_se.configs import common
 from vit_se.datasets import registry
 from vit_se.datasets.raf_db.fake_data import write_fake_raf_db
 
@@ -61,10 +61,58 @@ def test_augmented_batches_have_the_model_contract(builder):
     assert not np.array_equal(batch["image"], batch2["image"])
 
 
-@pytest.mark.parametrize("crop", ["random_resized", "five_crop", "none"])
-def test_every_crop_mode_runs(builder, crop):
-    batch = _take(input_pipeline.train_dataset(builder, _config(crop=crop), 4), 1)[0]
-    assert batch["image"].shape == (4, 32, 32, 3)
+def _halves(size=64):
+    """Left half white, right half black, as PNG bytes and as the uint8 array."""
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:, : size // 2] = 255
+    return tf.io.encode_png(tf.constant(image)), image
+
+
+def _plain(**augment):
+    """Only the crop: no flip, rotation, colour, grayscale or cutout."""
+    off = dict(flip=False, rotation=0.0, color_jitter=0.0, grayscale=0.0, cutout=0)
+    return _config(**{**off, **augment})
+
+
+def _train_image(config, encoded, index):
+    return input_pipeline.train_preprocess(encoded, tf.constant(index, tf.int64), config, 0)
+
+
+def test_crop_none_is_the_whole_image_resized():
+    encoded, image = _halves()
+    out = _train_image(_plain(crop="none"), encoded, 0).numpy()
+    want = input_pipeline.eval_transform(tf.constant(image), 32, 32).numpy()
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_allclose(out[:, :14], 1.0, atol=1e-6)
+    np.testing.assert_allclose(out[:, 18:], -1.0, atol=1e-6)
+
+
+def test_five_crop_takes_one_of_five_fixed_crops_of_the_resize():
+    encoded, image = _halves()
+    big = 37  # round(256 * 32 / 224): resize_to is in 224-px units
+    resized = tf.image.resize(tf.cast(image, tf.float32), (big, big), antialias=True) / 127.5 - 1
+    m = big - 32
+    crops = [resized[r : r + 32, c : c + 32].numpy() for r, c in ((0, 0), (0, m), (m, 0), (m, m))]
+    crops.append(resized[m // 2 : m // 2 + 32, m // 2 : m // 2 + 32].numpy())
+    config = _plain(crop="five_crop", resize_to=256)
+    seen = set()
+    for index in range(40):
+        out = _train_image(config, encoded, index).numpy()
+        which = [i for i, c in enumerate(crops) if np.array_equal(out, c)]
+        assert len(which) == 1, index  # exactly one of the five (they all differ here)
+        seen.add(which[0])
+    assert seen == {0, 1, 2, 3, 4}
+
+
+def test_random_resized_crop_zooms_into_a_region():
+    encoded, image = _halves()
+    whole = input_pipeline.eval_transform(tf.constant(image), 32, 32).numpy()
+    config = _plain(crop="random_resized", crop_scale=(0.2, 0.3))
+    outs = [_train_image(config, encoded, i).numpy() for i in range(8)]
+    white = [float(np.mean(o > 0)) for o in outs]
+    # A fifth to a third of the area at aspect 3/4..4/3: some crops fall mostly on one half.
+    assert len(set(np.round(white, 3))) > 1 and max(abs(w - 0.5) for w in white) > 0.2, white
+    assert not any(np.array_equal(o, whole) for o in outs)
 
 
 def test_cutout_fills_a_square_with_grey():
@@ -78,9 +126,14 @@ def test_cutout_fills_a_square_with_grey():
     assert np.all(image[~grey] == 1.0)
 
 
+def _eval(builder, split, local_batch, face_crop=False, size=32):
+    return input_pipeline.eval_dataset(
+        builder, split, local_batch, image_size=size, eval_resize=size, face_crop=face_crop
+    )
+
+
 def test_evaluation_counts_every_example_once(builder):
-    config = _config()
-    data = input_pipeline.eval_dataset(builder, config, "test", local_batch=8)
+    data = _eval(builder, "test", local_batch=8)
     assert data.num_batches == 3 and data.num_examples == NUM_TEST
     labels, masks = [], []
     for batch in data.dataset.as_numpy_iterator():
@@ -95,9 +148,10 @@ def test_evaluation_counts_every_example_once(builder):
 
 def test_eval_transform_centre_crops_after_five_crop_training():
     config = _config(crop="five_crop", resize_to=256)
-    image = np.zeros((64, 64, 3), np.uint8)
-    image[:, :32] = 255  # left half white
-    out = input_pipeline.eval_transform(tf.constant(image), config).numpy()
+    assert input_pipeline.eval_resize(config) == 37
+    assert input_pipeline.eval_resize(_config(crop="random_resized")) == 32
+    _, image = _halves()
+    out = input_pipeline.eval_transform(tf.constant(image), 32, 37).numpy()
     assert out.shape == (32, 32, 3)
     # Resize to round(256 * 32 / 224) = 37, then the centre 32x32: the edge stays at column 16.
     np.testing.assert_allclose(out[:, 14], 1.0, atol=1e-3)
@@ -135,8 +189,31 @@ def test_face_crop_runs_in_parallel_threads():
     assert len(set(detectors)) == 8
 
 
-def test_face_crop_in_the_pipeline_keeps_shapes(builder):
-    config = _config()
-    config.face_crop = True
-    batch = _take(input_pipeline.train_dataset(builder, config, 4), 1)[0]
-    assert batch["image"].shape == (4, 32, 32, 3)
+@pytest.fixture(scope="module")
+def astronaut_builder(tmp_path_factory):
+    """A fake RAF-DB whose two test images are a real photograph (the face is not centred)."""
+    from PIL import Image
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("raf_photo")
+    manual = root / "manual"
+    write_fake_raf_db(str(manual), num_train=7, num_test=2, aligned_size=40)
+    aligned = manual / "basic" / "Image" / "aligned"
+    for name in ("test_0001_aligned.jpg", "test_0002_aligned.jpg"):
+        Image.fromarray(data.astronaut()).save(aligned / name, quality=95)
+    b = registry.load_builder("raf_db", data_dir=str(root / "tfds"), config="aligned")
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    return b
+
+
+def test_face_crop_in_the_pipeline_crops_the_face(astronaut_builder):
+    from vit_se.datasets import common as data_common
+
+    (raw,) = _take(_eval(astronaut_builder, "test", 2, face_crop=False).dataset, 1)
+    (cropped,) = _take(_eval(astronaut_builder, "test", 2, face_crop=True).dataset, 1)
+    photo = next(iter(tfds.as_numpy(astronaut_builder.as_dataset(split="test"))))["image"]
+    face, found = data_common.face_crop(photo)
+    assert found and face.shape[0] < photo.shape[0] / 2  # a face, not the whole picture
+    want = input_pipeline.eval_transform(tf.constant(face), 32, 32).numpy()
+    np.testing.assert_allclose(cropped["image"][0], want, atol=1e-5)
+    assert np.abs(cropped["image"][0] - raw["image"][0]).mean() > 0.1

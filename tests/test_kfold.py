@@ -12,12 +12,13 @@ import shutil
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from conftest import once
 
 from vit_se import kfold
+from vit_se import workdir as workdir_lib
+from vit_se.configs import raf_db
 from vit_se.datasets import registry
 from vit_se.datasets.ck_plus.fake_data import fold_file_subjects, write_fake_ck_plus
 
@@ -131,7 +132,7 @@ def test_no_subject_in_train_and_test(cv, data_root):
         assert record["overlap"] == []
         assert record["test_subjects"] == [expected[k]]
         assert sorted(record["train_subjects"]) == sorted(s for s in expected if s != expected[k])
-        with open(os.path.join(workdir, f"fold{k}", kfold.SUBJECTS_FILE)) as f:
+        with open(os.path.join(workdir, f"fold{k}", workdir_lib.SUBJECTS)) as f:
             assert json.load(f) == record
     # Independently of kfold.py: the built fold splits share no subject.
     builder = _builder(data_root)
@@ -162,8 +163,8 @@ def test_folds_of_different_configs_are_not_aggregated(cv, tmp_path):
 
 
 def test_a_config_without_folds_is_refused(tmp_path):
-    config = ml_collections.ConfigDict({"dataset": "raf_db", "val_split": "validation"})
-    with pytest.raises(kfold.KFoldError, match="no `fold` field"):
+    config = raf_db.get_config()
+    with pytest.raises(kfold.KFoldError, match="the config names no fold"):
         kfold.run_folds(config, str(tmp_path))
     with pytest.raises(kfold.KFoldError, match="no finished fold"):
         kfold.aggregate(str(tmp_path))

@@ -4,41 +4,27 @@ Covers the README's demo (and the accuracy its docstring promises), resuming aft
 a two-process run over jax.distributed on localhost, and flag/config errors.
 """
 
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
+from conftest import SHORT, demo_cmd, demo_env, read_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ACCURACY = 0.85  # configs/demo.py docstring
 
 
 def _cmd(workdir, data_root, *overrides):
-    return [
-        sys.executable,
-        "-m",
-        "vit_se.main",
-        "--config=configs/demo.py",
-        f"--workdir={workdir}",
-        f"--config.manual_dir={data_root}/manual",
-        f"--config.data_dir={data_root}/tfds",
-        *overrides,
-    ]
+    return demo_cmd(workdir, data_root, *overrides)
 
 
 def _env(devices=1):
-    return dict(
-        os.environ,
-        PYTHONPATH=ROOT,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    )
+    return demo_env(devices)
 
 
 def _run(cmd, timeout=900, **kw):
@@ -47,37 +33,17 @@ def _run(cmd, timeout=900, **kw):
     )
 
 
-def _export(workdir):
-    with open(os.path.join(workdir, "export.json")) as f:
-        info = json.load(f)
-    with np.load(os.path.join(workdir, "params.npz")) as z:
-        params = {k: z[k] for k in z.files}
-    return info, params
-
-
-# Short runs share one prepared dataset (the builder runs once per session).
-SHORT = [
-    "--config.fake_data.num_train=210",
-    "--config.fake_data.num_test=42",
-    "--config.num_train_steps=120",
-    "--config.checkpoint_every=20",
-    "--config.eval_every=60",
-    "--config.log_every=20",
-    "--config.batch_size=16",
-]
+_export = read_export
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("demo_data"))
+def data_root(short_run):
+    return short_run["data_root"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_root):
-    workdir = str(tmp_path_factory.mktemp("run") / "work")
-    r = _run(_cmd(workdir, data_root, *SHORT))
-    assert r.returncode == 0, r.stderr[-3000:]
-    return workdir
+def uninterrupted(short_run):
+    return short_run["workdir"]
 
 
 @pytest.mark.slow
@@ -186,8 +152,8 @@ def test_unknown_config_field_fails_in_one_line(tmp_path):
 
 
 def test_unknown_dataset_fails_before_compiling(tmp_path):
-    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.dataset=affectnet"), timeout=120)
+    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.dataset=emotic"), timeout=120)
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("vit_se: config.dataset: unknown dataset 'affectnet'")
+    assert last.startswith("vit_se.main: config.dataset: unknown dataset 'emotic'")
     assert "Compiling" not in r.stderr and not os.path.exists(tmp_path / "w")

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_se import metrics, train
+from vit_se import eval_step, metrics
 
 TRUE = [0, 0, 0, 1, 1, 2, 2, 2, 2, 0]
 PRED = [0, 0, 1, 1, 3, 2, 2, 0, 2, 0]
@@ -76,7 +76,7 @@ class _Identity:
 
 def test_eval_step_counts_masked_examples_out():
     """The trainer's eval step (used by evaluate): padded examples contribute nothing."""
-    step = train.make_eval_step(_Identity(), 5)
+    step = eval_step.make_eval_step(_Identity(), 5)
     pad = 6
     logits = np.full((len(TRUE) + pad, 5), -10.0, np.float32)
     logits[np.arange(len(PRED)), PRED] = 10.0

@@ -23,8 +23,34 @@ PUBLISHED_COUNTS = {
     "B/16": 86_567_656,
     "B/32": 88_224_232,
     "L/16": 304_326_632,
+    "L/32": 306_535_400,
     "H/14": 632_045_800,
 }
+# Test-only widths, not official: counted from the architecture (`_vit_jax_count`).
+UNPUBLISHED = ("tiny/8", "tiny/4")
+
+
+def _vit_jax_count(hidden, layers, mlp, patch, image=224, num_classes=1000):
+    """ViT's parameter count from its architecture: patch embedding, cls, position embedding,
+    per block two LayerNorms, q/k/v/out and the MLP, the final LayerNorm, the head."""
+    tokens = (image // patch) ** 2 + 1
+    block = 2 * 2 * hidden + 4 * (hidden * hidden + hidden) + 2 * hidden * mlp + mlp + hidden
+    embed = patch * patch * 3 * hidden + hidden + hidden + tokens * hidden
+    return embed + layers * block + 2 * hidden + hidden * num_classes + num_classes
+
+
+def test_every_variant_has_an_exact_count():
+    assert set(PUBLISHED_COUNTS) | set(UNPUBLISHED) == set(model_configs.VARIANTS)
+    for name, count in PUBLISHED_COUNTS.items():  # the formula agrees with every published count
+        hidden, layers, _, mlp, patch = model_configs.VARIANTS[name]
+        assert _vit_jax_count(hidden, layers, mlp, patch) == count, name
+
+
+@pytest.mark.parametrize("name", UNPUBLISHED)
+def test_unpublished_variants_count_as_the_architecture_says(name):
+    hidden, layers, _, mlp, patch = model_configs.VARIANTS[name]
+    params = _param_shapes(model_configs.get_config(name, use_se=False), 1000, image=32)
+    assert _count(params) == _vit_jax_count(hidden, layers, mlp, patch, image=32)
 
 
 def _param_shapes(config, num_classes, image=224):

@@ -32,7 +32,7 @@ def workdir(demo_run):
 
 @pytest.fixture(scope="module")
 def trained(workdir):
-    return inference.load_trained(workdir)
+    return inference.load_trained(workdir, "params.npz")
 
 
 def write_video(path, frames, fps=10):

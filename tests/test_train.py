@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import train_worker
 
-from vit_se import checkpoint, optim, sharding, train, train_step
+from vit_se import checkpoint, config_checks, optim, sharding, train_step, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
@@ -203,34 +203,44 @@ def _config(**overrides):
     "overrides,message",
     [
         (
-            {"dataset": "affectnet"},
-            r"config\.dataset: unknown dataset 'affectnet'; expected one of",
+            {"dataset": "emotic"},
+            r"config\.dataset: unknown dataset 'emotic'; expected one of",
         ),
         ({"batch_size": 10, "accum_steps": 4}, r"batch_size 10 must split into accum_steps 4"),
-        ({"image_size": 18}, r"image_size 18 is not a multiple of the patch size 4"),
+        ({"image_size": 18}, r"image_size 18 is not a multiple of the patch size \(4, 4\)"),
         ({"pretrained_path": "/nonexistent/ViT-B_16.npz"}, r"/nonexistent/ViT-B_16\.npz does not"),
         ({"init_from": "/nonexistent/run"}, r"/nonexistent/run/params\.npz does not exist"),
     ],
 )
 def test_bad_config_is_one_line(tmp_path, overrides, message):
-    with pytest.raises(train.ConfigError, match=message) as e:
-        train.validate_config(_config(**overrides), str(tmp_path))
+    with pytest.raises(config_checks.ConfigError, match=message) as e:
+        config_checks.validate(config_checks.resolve(_config(**overrides)), str(tmp_path))
     assert "\n" not in str(e.value)
 
 
-def test_unknown_model_name():
+def test_heads_must_divide_the_width(tmp_path):
     config = _config()
-    config.model.name = "Z/3"
-    with pytest.raises(train.ConfigError, match=r"config\.model\.name: unknown model name 'Z/3'"):
-        train.validate_config(config, "/tmp/unused")
+    config.model.transformer.num_heads = 3
+    with pytest.raises(config_checks.ConfigError, match=r"num_heads 3 does not divide .* 32"):
+        config_checks.validate(config_checks.resolve(config), str(tmp_path))
+
+
+def test_any_width_is_a_custom_model_and_a_named_one_keeps_its_name(tmp_path):
+    config = _config()
+    config.model.hidden_size = 48
+    resolved = config_checks.resolve(config)
+    config_checks.validate(resolved, str(tmp_path))
+    assert resolved.model.name == "custom"
+    # Every field of tiny/4 again (under another name): it is tiny/4.
+    config.model.hidden_size = 32
+    config.model.name = "anything"
+    assert config_checks.resolve(config).model.name == "tiny/4"
 
 
 def test_workdir_with_another_models_checkpoint(tmp_path):
     config = _config()
     (tmp_path / "checkpoints" / "100").mkdir(parents=True)
-    train._write_json(
-        str(tmp_path / train.RUN_CONFIG),
-        {"model_identity": {**train._model_identity(config), "hidden_size": 768}},
-    )
-    with pytest.raises(train.ConfigError, match=r"holds checkpoints of another model.*768"):
-        train.validate_config(config, str(tmp_path))
+    identity = {**config_checks.model_identity(config), "hidden_size": 768}
+    workdir.write_run_config(str(tmp_path), config.to_dict(), identity)
+    with pytest.raises(config_checks.ConfigError, match=r"holds checkpoints of another model.*768"):
+        config_checks.validate(config_checks.resolve(config), str(tmp_path))

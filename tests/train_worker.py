@@ -17,8 +17,8 @@ import numpy as np
 
 
 def tiny_config(fsdp=False, accum=1, batch=16):
-    from configs import common
     from vit_se import model_configs
+    from vit_se.configs import common
 
     config = common.get_config()
     config.dataset = "raf_db"

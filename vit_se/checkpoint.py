@@ -14,11 +14,12 @@ import io
 import os
 import re
 import sys
-import tempfile
 
 import numpy as np
 import scipy.ndimage
 from absl import logging
+
+from vit_se import workdir
 
 # Parameters a fine-tuning run creates afresh when the checkpoint lacks them or when the number of
 # classes differs; everything else must be in the file.
@@ -354,17 +355,8 @@ def save_npz(params, path):
     writes has the official layout and loads into any tool and into either layout of the model.
     """
     flat = _unstack_scan({k: np.asarray(v) for k, v in flatten(params).items()})
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flat)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with workdir.atomic_open(path) as f:
+        np.savez(f, **flat)
 
 
 def format_description(path, info):

@@ -1,15 +1,15 @@
 """Evaluate a trained workdir on any builder's split: metrics JSON, confusion PNG, TensorBoard.
 
-  python -m vit_se.evaluate --workdir=$W/raf_db                       # the run's own test split
-  python -m vit_se.evaluate --workdir=$W/raf_db --params=best_params.npz  # the val-selected model
+  python -m vit_se.evaluate --workdir=$W/raf_db                    # the run's own test split
+  python -m vit_se.evaluate --workdir=$W/raf_db --params=params.npz  # the final step's model
   python -m vit_se.evaluate --workdir=$W/raf_db --dataset=jaffe --dataset_config=face224 \
       --manual_dir=$HOME/fer/jaffe                                     # cross-database
 
-The model is the run's export (`params.npz` or `best_params.npz` + `export.json`); batches come
-from the trainer's own evaluation pipeline (`input_pipeline.eval_dataset`: the run's resize,
-centre crop and face crop, padded and masked batches) and go through the trainer's jitted eval step
-on the device mesh (`train.make_eval_step`, `train.evaluate`), which checks that every example of
-the split was counted exactly once.
+The model is the run's export (`best_params.npz`, selected on the run's val_split, when it exists,
+else `params.npz`; + `export.json`); batches come from the trainer's own evaluation pipeline
+(`input_pipeline.eval_dataset` with the export's resize and face crop, padded and masked batches)
+and go through the trainer's jitted eval step on the device mesh (`vit_se.eval_step`), which
+checks that every example of the split was counted exactly once.
 
 Every builder emits one label order (FER-2013's, 7 classes), so a model from one database is
 evaluated on another without relabelling. A CK+ 8-class model (contempt last) on a 7-class dataset
@@ -19,7 +19,8 @@ that class): evaluate on a 7-class config instead.
 
 Default split: the run's `test_split` (or `val_split` when it has none) on its own dataset; on
 another database the split no run has seen: RAF-DB `test`, SFEW `validation`, FER-2013
-`private_test`, CK+ and JAFFE `all` (every fold).
+`private_test`, AffectNet `validation` (the official validation set every paper reports), CK+ and
+JAFFE `all` (every fold).
 
 Writes to --out (default WORKDIR/eval/<dataset>[-<config>]-<split>[-best]): `metrics.json`,
 `confusion.png`, and TensorBoard events (scalars `eval/*`, image `eval/confusion`).
@@ -27,19 +28,16 @@ Writes to --out (default WORKDIR/eval/<dataset>[-<config>]-<split>[-best]): `met
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import sys
 
 import jax
-import ml_collections
 import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags
 
-from vit_se import inference, input_pipeline, sharding, train
+from vit_se import cli, eval_step, figures, inference, input_pipeline, sharding, workdir
 from vit_se.datasets import registry
+from vit_se.errors import Error
 
 # The split of each database that a model trained elsewhere is reported on.
 DEFAULT_SPLITS = {
@@ -48,12 +46,13 @@ DEFAULT_SPLITS = {
     "fer2013": "private_test",
     "ck_plus": "all",
     "jaffe": "all",
+    "affectnet": "validation",
 }
 METRICS_FILE = "metrics.json"
 CONFUSION_PNG = "confusion.png"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(Error, ValueError):
     """An evaluation that cannot run; the message is one line saying why and what to do."""
 
 
@@ -61,45 +60,40 @@ class EvaluationError(ValueError):
 # What to evaluate on.
 
 
-def run_config(workdir):
-    """The training config saved in WORKDIR/config.json ({} when absent, e.g. an official npz)."""
-    path = os.path.join(workdir, train.RUN_CONFIG)
-    if not tf.io.gfile.exists(path):
-        return {}
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f).get("config", {})
+def resolve_target(run, info, dataset=None, dataset_config=None, split=None, where="workdir"):
+    """Returns (dataset, dataset_config, split, notes) with the defaults described above.
 
-
-def resolve_target(workdir, info, dataset=None, dataset_config=None, split=None):
-    """Returns (dataset, dataset_config, split, notes) with the defaults described above."""
-    run = run_config(workdir)
-    trained_on = run.get("dataset") or info.get("dataset")
+    `run`: the run's saved training config ({} for a model vit_se did not train); `info`: its
+    ExportInfo.
+    """
+    trained_on = run.get("dataset") or info.dataset
     notes = []
     if dataset is None:
         if not trained_on:
-            raise EvaluationError(f"{workdir}: no dataset recorded; pass --dataset")
+            raise EvaluationError(f"{where}: no dataset recorded; pass --dataset")
         dataset = trained_on
         if dataset_config is None:
-            dataset_config = run.get("dataset_config") or info.get("dataset_config")
+            dataset_config = run.get("dataset_config") or info.dataset_config
     if dataset not in registry.NAMES:
         raise EvaluationError(
             f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(registry.NAMES)}"
         )
     same = dataset == trained_on
+    val_note = f"the run's val_split, which selected {workdir.BEST_PARAMS}"
     if split is None:
         if same:
             split = run.get("test_split") or run.get("val_split")
             if not split:
-                raise EvaluationError(f"{workdir}: the run has no test or val split; pass --split")
+                raise EvaluationError(f"{where}: the run has no test or val split; pass --split")
             if split == run.get("val_split"):
-                notes.append(f"{split!r} is the run's val_split, which selected best_params.npz")
+                notes.append(f"{split!r} is {val_note}")
         else:
             split = DEFAULT_SPLITS[dataset]
     elif same:
         if split == run.get("train_split"):
             notes.append(f"{split!r} is the split this model was trained on")
         elif split == run.get("val_split"):
-            notes.append(f"{split!r} is the run's val_split, which selected best_params.npz")
+            notes.append(f"{split!r} is {val_note}")
     if not same and trained_on:
         notes.append(f"cross-database: trained on {trained_on}, evaluated on {dataset}")
     return dataset, dataset_config, split, notes
@@ -129,64 +123,42 @@ def check_labels(model_names, data_names, dataset):
     )
 
 
-def default_out(workdir, dataset, dataset_config, split, params_file):
-    name = dataset + (f"-{dataset_config}" if dataset_config else "") + f"-{safe_name(split)}"
-    if os.path.basename(params_file).startswith("best"):
-        name += "-best"
-    return os.path.join(workdir, "eval", name)
-
-
-def safe_name(text):
-    """A split string as a file name: 'train[90%:]' -> 'train_90pct_'."""
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", text.replace("%", "pct"))
-
-
 # ----------------------------------------------------------------------------------------------
 # The evaluation.
 
 
 def evaluate_workdir(
-    workdir,
+    run_dir,
     *,
     dataset=None,
     dataset_config=None,
     split=None,
     data_dir=None,
     manual_dir=None,
-    params_file="params.npz",
+    params_file=None,
     out=None,
     batch_size=None,
     write=True,
 ):
-    """Evaluates a finished run's export; returns the result dict also written to metrics.json."""
-    trained = inference.load_trained(workdir, params_file)
+    """Evaluates a finished run's export; returns the result dict also written to metrics.json.
+
+    `params_file` defaults to `workdir.default_params(run_dir)`.
+    """
+    trained = inference.load_trained(run_dir, params_file)
+    params_file = trained.source["params"]
     info = trained.info
-    run = run_config(workdir)
+    run = workdir.read_run_config(run_dir).get("config", {})
     dataset, dataset_config, split, notes = resolve_target(
-        workdir, info, dataset, dataset_config, split
+        run, info, dataset, dataset_config, split, where=run_dir
     )
-    same = dataset == (run.get("dataset") or info.get("dataset"))
+    trained_on = run.get("dataset") or info.dataset
+    same = dataset == trained_on
     if data_dir is None:
         data_dir = run.get("data_dir")  # one tfds data dir holds every dataset
     if manual_dir is None and same:
         manual_dir = run.get("manual_dir")
 
-    config = ml_collections.ConfigDict(
-        {
-            "dataset": dataset,
-            "dataset_config": dataset_config,
-            "data_dir": data_dir,
-            "manual_dir": manual_dir,
-            "image_size": int(info["image_size"]),
-            "face_crop": bool(info.get("face_crop", False)),
-            "augment": {
-                "crop": info.get("eval_crop", "none"),
-                "resize_to": int(info.get("resize_to", 256)),
-            },
-            "prefetch": 2,
-        }
-    )
-    builder = input_pipeline.load_builder(config)
+    builder = input_pipeline.load_builder(dataset, dataset_config, data_dir, manual_dir)
     if dataset_config is None:
         dataset_config = builder.builder_config.name if builder.builder_config else None
     data_names = builder.info.features["label"].names
@@ -201,29 +173,30 @@ def evaluate_workdir(
 
     num_classes = len(trained.class_names)
     mesh = sharding.make_mesh()
-    batch_sh = sharding.batch_sharding(mesh)
     repl = sharding.replicated(mesh)
     batch = batch_size or int(run.get("eval_batch_size", 64))
     batch = int(np.ceil(batch / jax.device_count()) * jax.device_count())
-    data = input_pipeline.eval_dataset(builder, config, split, batch // jax.process_count())
-    eval_step = jax.jit(
-        train.make_eval_step(trained.model, num_classes),
-        in_shardings=(repl, batch_sh),
-        out_shardings=repl,
+    data = input_pipeline.eval_dataset(
+        builder,
+        split,
+        batch // jax.process_count(),
+        image_size=info.image_size,
+        eval_resize=info.eval_resize,
+        face_crop=info.face_crop,
     )
+    step_fn = eval_step.jit_eval_step(trained.model, num_classes, repl, mesh)
     params = jax.device_put(trained.params, repl)
-    metrics = train.evaluate(eval_step, params, data, batch_sh, num_classes)  # checks the count
+    batches = data.global_batches(sharding.batch_sharding(mesh))
+    metrics = eval_step.evaluate(step_fn, params, batches, num_classes, data.num_examples)
     assert metrics["num_examples"] == expected, (metrics["num_examples"], expected)
 
-    best = os.path.basename(params_file).startswith("best")
-    step = info.get("best_step") if best else info.get("step")
     result = {
-        "workdir": os.path.abspath(workdir),
+        "workdir": os.path.abspath(run_dir),
         "params_file": params_file,
-        "step": step,
+        "step": info.step_of(params_file),
         "trained_on": {
-            "dataset": run.get("dataset") or info.get("dataset"),
-            "dataset_config": run.get("dataset_config") or info.get("dataset_config"),
+            "dataset": trained_on,
+            "dataset_config": run.get("dataset_config") or info.dataset_config,
         },
         "dataset": dataset,
         "dataset_config": dataset_config,
@@ -235,10 +208,22 @@ def evaluate_workdir(
         "per_class": per_class_table(metrics, trained.class_names),
     }
     if write:
-        out = out or default_out(workdir, dataset, dataset_config, split, params_file)
+        out = out or default_out(run_dir, dataset, dataset_config, split, params_file)
         result["out"] = os.path.abspath(out)
         write_outputs(result, out)
     return result
+
+
+def default_out(run_dir, dataset, dataset_config, split, params_file):
+    name = dataset + (f"-{dataset_config}" if dataset_config else "") + f"-{safe_name(split)}"
+    if workdir.is_best(params_file):
+        name += "-best"
+    return os.path.join(run_dir, workdir.EVAL_DIR, name)
+
+
+def safe_name(text):
+    """A split string as a file name: 'train[90%:]' -> 'train_90pct_'."""
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text.replace("%", "pct"))
 
 
 def per_class_table(metrics, class_names):
@@ -260,15 +245,15 @@ def write_outputs(result, out):
         return
     from clu import metric_writers
 
-    tf.io.gfile.makedirs(out)
+    workdir.makedirs(out)
     title = (
         f"{result['dataset']} {result['split']} ({result['num_examples']} examples), "
         f"accuracy {100 * result['accuracy']:.2f}%"
     )
-    image = save_confusion_png(
+    image = figures.save_confusion_png(
         result["confusion"], result["class_names"], os.path.join(out, CONFUSION_PNG), title
     )
-    train._write_json(os.path.join(out, METRICS_FILE), result)
+    workdir.write_json(os.path.join(out, METRICS_FILE), result)
     writer = metric_writers.create_default_writer(out, asynchronous=False)
     step = int(result["step"] or 0)
     scalars = {
@@ -281,46 +266,6 @@ def write_outputs(result, out):
     writer.write_images(step, {"eval/confusion": image[None]})
     writer.flush()
     writer.close()
-
-
-def save_confusion_png(confusion, class_names, path, title=""):
-    """Row-normalised confusion matrix with counts; returns the figure as uint8 RGB [H, W, 3]."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cm = np.asarray(confusion, dtype=np.float64)
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    n = len(class_names)
-    fig = Figure(figsize=(1.0 + 0.85 * n, 0.8 + 0.8 * n), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(n):
-        for j in range(n):
-            if cm[i, j] or (rows[i, 0] and i == j):
-                ax.text(
-                    j,
-                    i,
-                    f"{int(cm[i, j])}\n{100 * frac[i, j]:.0f}%",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if frac[i, j] > 0.5 else "black",
-                )
-    if title:
-        ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    canvas.draw()
-    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    with tf.io.gfile.GFile(path, "wb") as f:
-        fig.savefig(f, format="png")
-    return image
 
 
 def format_result(result):
@@ -355,41 +300,36 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Flags of the command (defined only when run as a program, so others can import this)."""
     flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
+    flags.DEFINE_string("params", None, workdir.PARAMS_HELP)
     flags.DEFINE_string("split", None, "tfds split string; default: see the module docstring.")
     flags.DEFINE_string("dataset", None, f"Builder name ({', '.join(registry.NAMES)}).")
     flags.DEFINE_string("dataset_config", None, "Builder config, e.g. aligned, 7class, face224.")
     flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's).")
     flags.DEFINE_string("manual_dir", None, "The dataset's files, to build it on first use.")
-    flags.DEFINE_string("params", "params.npz", "params.npz (final step) or best_params.npz.")
     flags.DEFINE_string("out", None, "Output folder (default WORKDIR/eval/<dataset>-<split>).")
     flags.DEFINE_integer("batch_size", None, "Evaluation batch size (default: the run's).")
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    tf.config.set_visible_devices([], "GPU")
-    try:
-        result = evaluate_workdir(
-            FLAGS.workdir,
-            dataset=FLAGS.dataset,
-            dataset_config=FLAGS.dataset_config,
-            split=FLAGS.split,
-            data_dir=FLAGS.data_dir,
-            manual_dir=FLAGS.manual_dir,
-            params_file=FLAGS.params,
-            out=FLAGS.out,
-            batch_size=FLAGS.batch_size,
-        )
-    except (EvaluationError, FileNotFoundError) as e:
-        sys.exit(f"vit_se.evaluate: {e}")
+        raise cli.CommandError("--workdir is required")
+    result = evaluate_workdir(
+        FLAGS.workdir,
+        dataset=FLAGS.dataset,
+        dataset_config=FLAGS.dataset_config,
+        split=FLAGS.split,
+        data_dir=FLAGS.data_dir,
+        manual_dir=FLAGS.manual_dir,
+        params_file=FLAGS.params,
+        out=FLAGS.out,
+        batch_size=FLAGS.batch_size,
+    )
     if jax.process_index() == 0:
         print(format_result(result))
-    logging.flush()
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "evaluate")

@@ -1,6 +1,6 @@
 """Export a trained model to a TensorFlow SavedModel (and TFLite) with jax2tf, and check it.
 
-  python -m vit_se.export --workdir=/tmp/run [--params=best_params.npz] --out=/tmp/run_tf [--tflite]
+  python -m vit_se.export --workdir=/tmp/run [--params=params.npz] --out=/tmp/run_tf [--tflite]
 
 What the SavedModel holds (`OUT/`):
   - signature `serving_default`: input `images` float32 [batch, S, S, 3] in [-1, 1] (batch is
@@ -41,13 +41,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from vit_se import cli, workdir
+from vit_se.errors import Error
 
 SAVED_MODEL_TOLERANCE = 1e-4
 TFLITE_TOLERANCE = 1e-3
@@ -58,30 +60,33 @@ REPORT_FILE = "export_report.json"
 TFLITE_FILE = "model.tflite"
 
 
-class ExportError(RuntimeError):
+class ExportError(Error, RuntimeError):
     """The export could not be made or does not match the JAX model."""
 
 
 def _inference_fn(trained):
     import jax
 
+    # The SavedModel is lowered for every platform at once: a cuDNN attention call (a GPU-only
+    # custom call) would not lower for cpu or tpu, and XLA's attention is the same function.
+    model = trained.model.clone(attention_impl="xla")
+
     def fn(params, images):
-        logits = trained.model.apply({"params": params}, images)
+        logits = model.apply({"params": params}, images)
         return {"probabilities": jax.nn.softmax(logits, axis=-1), "logits": logits}
 
     return fn
 
 
 def preprocessing_facts(trained):
-    """What a client must do to a photo before feeding the SavedModel."""
+    """What a client must do to a photo before feeding the SavedModel (see workdir.ExportInfo)."""
     info = trained.info
     size = trained.image_size
-    crop = info.get("eval_crop", "none")  # the training crop; evaluation derives its own
     facts = {
         "image_size": size,
         "input": f"float32 [batch, {size}, {size}, 3], RGB, values in [-1, 1] (x / 127.5 - 1)",
-        "face_crop": bool(info.get("face_crop", False)),
-        "training_crop": crop,
+        "face_crop": bool(info.face_crop),
+        "eval_resize": info.eval_resize,
         "class_names": trained.class_names,
         "reference": "vit_se.inference.preprocess",
     }
@@ -90,13 +95,11 @@ def preprocessing_facts(trained):
             "largest OpenCV Haar frontal face (haarcascade_frontalface_default), square side "
             "1.4x the face box, centre square when no face is found"
         )
-    if crop == "five_crop":
-        big = int(round(int(info.get("resize_to", 256)) * size / 224))
+    if info.eval_resize != size:
         facts["resize"] = (
-            f"antialiased bilinear resize to {big}x{big} (tf.image.resize), then the centre "
-            f"{size}x{size} crop"
+            f"antialiased bilinear resize to {info.eval_resize}x{info.eval_resize} "
+            f"(tf.image.resize), then the centre {size}x{size} crop"
         )
-        facts["resize_to"] = big
     else:
         facts["resize"] = f"antialiased bilinear resize to {size}x{size} (tf.image.resize)"
     return facts
@@ -126,11 +129,6 @@ def build_module(trained, batch=None, platforms=PLATFORMS):
     return module
 
 
-def _write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def save_saved_model(trained, path, batch=None, platforms=PLATFORMS, assets_dir=None):
     """Writes the SavedModel to `path` (no checks, not atomic); returns the module."""
     import tensorflow as tf
@@ -139,8 +137,8 @@ def save_saved_model(trained, path, batch=None, platforms=PLATFORMS, assets_dir=
     if assets_dir is not None:
         labels = os.path.join(assets_dir, LABELS_FILE)
         facts = os.path.join(assets_dir, PREPROCESSING_FILE)
-        _write_text(labels, "".join(f"{n}\n" for n in trained.class_names))
-        _write_text(facts, json.dumps(preprocessing_facts(trained), indent=1) + "\n")
+        workdir.write_text(labels, "".join(f"{n}\n" for n in trained.class_names))
+        workdir.write_text(facts, json.dumps(preprocessing_facts(trained), indent=1) + "\n")
         module.labels_file = tf.saved_model.Asset(labels)
         module.preprocessing_file = tf.saved_model.Asset(facts)
     signature = module.serve.get_concrete_function()
@@ -248,13 +246,19 @@ def tflite_diff(model_path_or_bytes, trained, inputs):
 
 
 def export(trained, out_dir, *, tflite=False, tflite_batch=1, overwrite=False, source=None):
-    """Exports, checks and atomically installs the SavedModel at out_dir; returns the report."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.exists(out_dir) and not overwrite:
+    """Exports, checks and atomically installs the SavedModel at out_dir; returns the report.
+
+    A `gs://` out_dir is built and checked locally, then uploaded file by file with
+    `export_report.json` last: an export without its report is an incomplete one.
+    """
+    out_dir = os.fspath(out_dir)
+    remote = "://" in out_dir
+    out_dir = out_dir if remote else os.path.abspath(out_dir)
+    if workdir.exists(out_dir) and not overwrite:
         raise ExportError(f"{out_dir} exists; pass --overwrite to replace it")
-    parent = os.path.dirname(out_dir)
+    parent = tempfile.gettempdir() if remote else os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    name = os.path.basename(out_dir)
+    name = os.path.basename(out_dir.rstrip("/"))
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-")
     scratch = tempfile.mkdtemp(prefix="vit_se_export_")
     try:
@@ -316,7 +320,7 @@ def export(trained, out_dir, *, tflite=False, tflite_batch=1, overwrite=False, s
                     f"TFLite logits differ from JAX by {tl:.3g} > {TFLITE_TOLERANCE:g}"
                 )
         report["seconds"] = round(time.time() - start, 1)
-        _write_text(os.path.join(tmp, REPORT_FILE), json.dumps(report, indent=1) + "\n")
+        workdir.write_text(os.path.join(tmp, REPORT_FILE), json.dumps(report, indent=1) + "\n")
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -328,6 +332,10 @@ def export(trained, out_dir, *, tflite=False, tflite_batch=1, overwrite=False, s
 
 def _install(tmp, out_dir):
     """Renames the finished export over out_dir (an old export is moved aside, then deleted)."""
+    if "://" in out_dir:
+        _upload(tmp, out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     os.chmod(tmp, 0o755)  # mkdtemp makes it private
     old = None
     if os.path.exists(out_dir):
@@ -339,6 +347,22 @@ def _install(tmp, out_dir):
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _upload(local_dir, remote_dir):
+    """Every file of local_dir to remote_dir, each whole; the report goes last."""
+    files = []
+    for root, _, names in os.walk(local_dir):
+        files += [os.path.relpath(os.path.join(root, n), local_dir) for n in names]
+    files.sort(key=lambda rel: rel == REPORT_FILE)
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(remote_dir):  # --overwrite: no file of the old export may remain
+        tf.io.gfile.rmtree(remote_dir)
+    for rel in files:
+        target = f"{remote_dir.rstrip('/')}/{rel}"
+        with open(os.path.join(local_dir, rel), "rb") as src, workdir.atomic_open(target) as dst:
+            shutil.copyfileobj(src, dst)
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 FLAGS = flags.FLAGS
@@ -346,39 +370,31 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Flags of the command (defined only when run as a program, so others can import this)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
-    flags.DEFINE_string(
-        "params", "params.npz", "params.npz (final) or best_params.npz (best on val)."
-    )
+    cli.define_model_flags()
     flags.DEFINE_string("out", None, "SavedModel folder to create.")
     flags.DEFINE_bool("tflite", False, f"Also write {TFLITE_FILE} into the SavedModel folder.")
     flags.DEFINE_integer("tflite_batch", 1, "Fixed batch size of the TFLite model.")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it exists.")
-    flags.mark_flags_as_required(["workdir", "out"])
+    flags.mark_flags_as_required(["out"])
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if os.path.exists(FLAGS.out) and not FLAGS.overwrite:
-        sys.exit(f"vit_se.export: {FLAGS.out} exists; pass --overwrite to replace it")
-    from vit_se import checkpoint, inference
-
-    try:
-        trained = inference.load_trained(FLAGS.workdir, FLAGS.params)
-        export(
-            trained,
-            FLAGS.out,
-            tflite=FLAGS.tflite,
-            tflite_batch=FLAGS.tflite_batch,
-            overwrite=FLAGS.overwrite,
-            source={"workdir": FLAGS.workdir, "params": FLAGS.params},
-        )
-    except (ExportError, FileNotFoundError, checkpoint.CheckpointError) as e:
-        sys.exit(f"vit_se.export: {e}")
+        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if workdir.exists(FLAGS.out) and not FLAGS.overwrite:
+        raise ExportError(f"{FLAGS.out} exists; pass --overwrite to replace it")
+    trained = cli.load_model()
+    export(
+        trained,
+        FLAGS.out,
+        tflite=FLAGS.tflite,
+        tflite_batch=FLAGS.tflite_batch,
+        overwrite=FLAGS.overwrite,
+        source=trained.source,
+    )
     print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "export")

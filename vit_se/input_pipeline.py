@@ -26,36 +26,40 @@ from vit_se.datasets import common, registry
 _MEAN_FILL = 127.5
 
 
-def load_builder(config):
-    """Returns the tfds builder of `config.dataset`, preparing it from the manual dir if needed.
+def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None):
+    """Returns the tfds builder of `dataset`, preparing it from `manual_dir` if needed.
 
     Process 0 prepares a shared data dir; the other processes wait for it. A host whose data dir
     is local (not shared) prepares its own copy.
     """
-    builder = registry.load_builder(
-        config.dataset, data_dir=config.get("data_dir"), config=config.get("dataset_config")
-    )
+
+    def load():
+        return registry.load_builder(dataset, data_dir=data_dir, config=dataset_config)
+
+    builder = load()
     if jax.process_index() == 0 and not _is_prepared(builder):
-        _prepare(builder, config)
+        _prepare(builder, manual_dir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("vit_se: dataset prepared")
         if not _is_prepared(builder):
-            builder = registry.load_builder(
-                config.dataset, data_dir=config.get("data_dir"), config=config.get("dataset_config")
-            )
+            builder = load()
             if not _is_prepared(builder):
-                _prepare(builder, config)
+                _prepare(builder, manual_dir)
     return builder
+
+
+def builder_of(config):
+    """`load_builder` for a training config's dataset fields."""
+    return load_builder(config.dataset, config.dataset_config, config.data_dir, config.manual_dir)
 
 
 def _is_prepared(builder):
     return tf.io.gfile.exists(builder.data_path / "dataset_info.json")
 
 
-def _prepare(builder, config):
-    manual_dir = config.get("manual_dir")
+def _prepare(builder, manual_dir):
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
     )
@@ -110,22 +114,29 @@ def _resize(image, size):
     return tf.image.resize(tf.cast(image, tf.float32), (size, size), antialias=True)
 
 
-def eval_preprocess(encoded, config):
-    """Deterministic resize (and centre crop after five-crop training) to [-1, 1]."""
-    return eval_transform(_decode(encoded), config)
+def eval_transform(image, image_size, eval_resize):
+    """A decoded uint8 HxWx3 image -> float32 [image_size, image_size, 3] in [-1, 1].
+
+    Resized to `eval_resize` square, then the centre `image_size` square is kept (nothing is cut
+    when they are equal). Evaluation, predict, analyze and export all go through this function.
+    """
+    if eval_resize == image_size:
+        return _normalise(_resize(image, image_size))
+    image = _resize(image, eval_resize)
+    offset = (eval_resize - image_size) // 2
+    return _normalise(image[offset : offset + image_size, offset : offset + image_size])
 
 
-def eval_transform(image, config):
-    """`eval_preprocess` on a decoded uint8 HxWx3 image; predict and analyze call it too."""
-    size = config.image_size
+def eval_resize(config):
+    """The resize before the centre crop at evaluation, in pixels, for a training config.
+
+    Five-crop training resizes to `augment.resize_to` (in 224-px units, the authors' 256/224
+    ratio carried to other image sizes) and crops; evaluation takes the centre crop of the same
+    resize. Every other crop mode evaluates the whole image.
+    """
     if config.augment.crop == "five_crop":
-        big = _resize_to(config)
-        image = _resize(image, big)
-        offset = (big - size) // 2
-        image = image[offset : offset + size, offset : offset + size]
-    else:
-        image = _resize(image, size)
-    return _normalise(image)
+        return _resize_to(config)
+    return int(config.image_size)
 
 
 def _resize_to(config):
@@ -292,16 +303,21 @@ class EvalData:
     num_batches: int  # the same on every process
     num_examples: int  # over all processes
 
+    def global_batches(self, batch_sharding):
+        """This process's batches, each assembled into one global batch."""
+        for batch in self.dataset.as_numpy_iterator():
+            yield to_global(batch, batch_sharding)
 
-def eval_dataset(builder, config, split, local_batch):
+
+def eval_dataset(builder, split, local_batch, *, image_size, eval_resize, face_crop, prefetch=2):
     """Padded, masked batches of this process's shard; every process yields `num_batches`."""
     shards = process_shards(split)
     sizes = [num_examples(builder, s) for s in shards]
     num_batches = max(1, math.ceil(max(sizes) / local_batch))
-    ds = _encoded(builder, shards[jax.process_index()], config.face_crop)
+    ds = _encoded(builder, shards[jax.process_index()], face_crop)
     ds = ds.map(
         lambda im, lb: {
-            "image": eval_preprocess(im, config),
+            "image": eval_transform(_decode(im), image_size, eval_resize),
             "label": lb,
             "mask": tf.constant(1.0),
         },
@@ -310,16 +326,15 @@ def eval_dataset(builder, config, split, local_batch):
     # Pad with masked examples to num_batches full batches.
     mine = sizes[jax.process_index()]
     pad = num_batches * local_batch - mine
-    size = config.image_size
     filler = tf.data.Dataset.from_tensors(
         {
-            "image": tf.zeros([size, size, 3], tf.float32),
+            "image": tf.zeros([image_size, image_size, 3], tf.float32),
             "label": tf.constant(0, tf.int64),
             "mask": tf.constant(0.0),
         }
     ).repeat(pad)
     ds = ds.concatenate(filler).batch(local_batch, drop_remainder=True)
-    return EvalData(ds.prefetch(config.prefetch), num_batches, sum(sizes))
+    return EvalData(ds.prefetch(prefetch), num_batches, sum(sizes))
 
 
 def to_global(batch, sharding):

@@ -24,19 +24,17 @@ F1, the pooled metrics of the summed confusion matrix, and the subject check.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import logging as py_logging
 import os
 import sys
 
+import ml_collections
 import numpy as np
-import tensorflow as tf
-from absl import app, flags, logging
+import tensorflow_datasets as tfds
+from absl import flags, logging
 
-FOLD_DIR = "fold{}"
-SUBJECTS_FILE = "subjects.json"
+from vit_se import cli, config_checks, figures, input_pipeline, metrics, reports, train, workdir
+from vit_se.errors import Error
+
 SUBJECT_FEATURE = "subject_id"
 SELECTION_RULE = (
     "each fold reports its final training step's model (params.npz); the held-out fold is "
@@ -46,12 +44,8 @@ SELECTION_RULE = (
 PER_FOLD_FIELDS = ("fold", "train_split", "test_split", "data_dir", "manual_dir")
 
 
-class KFoldError(ValueError):
+class KFoldError(Error, ValueError):
     """A cross-validation that cannot run or cannot be trusted; one line saying why."""
-
-
-def fold_dir(workdir, k):
-    return os.path.join(workdir, FOLD_DIR.format(k))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,8 +54,6 @@ def fold_dir(workdir, k):
 
 def split_subjects(builder, split):
     """The sorted subject ids of one split of a built dataset."""
-    import tensorflow_datasets as tfds
-
     if SUBJECT_FEATURE not in builder.info.features:
         raise KFoldError(
             f"{builder.name} has no {SUBJECT_FEATURE!r} feature: subject independence cannot "
@@ -92,17 +84,13 @@ def check_subjects(builder, train_split, test_split):
 
 
 def _fold_config(config, k):
-    from vit_se import train
-
     config = config.copy_and_resolve_references()
     config.fold = k
-    return train.resolve_splits(config)
+    return config_checks.resolve(config)
 
 
 def _subjects_of_fold(config):
-    from vit_se import input_pipeline
-
-    builder = input_pipeline.load_builder(config)
+    builder = input_pipeline.builder_of(config)
     return check_subjects(builder, config.train_split, config.test_split)
 
 
@@ -111,12 +99,11 @@ def _subjects_of_fold(config):
 
 
 def check_kfold_config(config):
-    if config.get("fold") is None:
+    if config.fold is None:
         raise KFoldError(
-            "the config has no `fold` field: use a k-fold config (configs/ck_plus.py, "
-            "configs/jaffe.py)"
+            "the config names no fold: use a k-fold config (configs/ck_plus.py, configs/jaffe.py)"
         )
-    if config.get("val_split"):
+    if config.val_split:
         # Allowed (e.g. a split carved from the training folds), but it only picks
         # best_params.npz, which the aggregate does not use.
         logging.warning(
@@ -126,12 +113,10 @@ def check_kfold_config(config):
         )
 
 
-def run_folds(config, workdir, folds=None):
+def run_folds(config, cv_dir, folds=None):
     """Trains (or resumes) the given folds in sequence; returns {k: final test metrics}."""
-    from vit_se import train
-
     check_kfold_config(config)
-    num_folds = int(config.get("num_folds", 10))
+    num_folds = int(config.num_folds)
     folds = list(range(num_folds)) if folds is None else list(folds)
     bad = [k for k in folds if not 0 <= k < num_folds]
     if bad:
@@ -139,7 +124,8 @@ def run_folds(config, workdir, folds=None):
     results = {}
     for k in folds:
         cfg = _fold_config(config, k)
-        train.validate_config(cfg, fold_dir(workdir, k))
+        run_dir = workdir.fold_dir(cv_dir, k)
+        config_checks.validate(cfg, run_dir)
         record = _subjects_of_fold(cfg)
         logging.info(
             "Fold %d/%d: %d train subjects, %d test subjects (%s), none shared",
@@ -149,19 +135,13 @@ def run_folds(config, workdir, folds=None):
             len(record["test_subjects"]),
             ", ".join(record["test_subjects"]),
         )
-        tf.io.gfile.makedirs(fold_dir(workdir, k))
-        train._write_json(os.path.join(fold_dir(workdir, k), SUBJECTS_FILE), record)
-        results[k] = train.train_and_evaluate(cfg, fold_dir(workdir, k))
+        workdir.write_json(os.path.join(run_dir, workdir.SUBJECTS), record)
+        results[k] = train.train_and_evaluate(cfg, run_dir)
     return results
 
 
 # ----------------------------------------------------------------------------------------------
 # Aggregation.
-
-
-def _read_json(path):
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
 
 
 def _comparable(config):
@@ -179,23 +159,18 @@ def _diff(a, b, prefix=""):
     return out
 
 
-def aggregate(workdir, num_folds=None, verify_dataset=True):
-    """Combines every finished WORKDIR/fold{k}; writes kfold.{json,md,csv} and the PNG."""
-    import ml_collections
-
-    from vit_se import evaluate, metrics, train
-
-    found = sorted(
-        int(name[4:])
-        for name in (tf.io.gfile.listdir(workdir) if tf.io.gfile.isdir(workdir) else [])
-        if name.rstrip("/").startswith("fold") and name.rstrip("/")[4:].isdigit()
-    )
+def aggregate(cv_dir, num_folds=None, verify_dataset=True):
+    """Combines every finished CV_DIR/fold{k}; writes kfold.{json,md,csv} and the PNG."""
     done = [
-        k for k in found if tf.io.gfile.exists(os.path.join(fold_dir(workdir, k), "export.json"))
+        k
+        for k in workdir.folds_present(cv_dir)
+        if workdir.exists(os.path.join(workdir.fold_dir(cv_dir, k), workdir.EXPORT_INFO))
     ]
     if not done:
-        raise KFoldError(f"no finished fold under {workdir} (expected fold{{k}}/export.json)")
-    configs = {k: _read_json(os.path.join(fold_dir(workdir, k), train.RUN_CONFIG)) for k in done}
+        raise KFoldError(
+            f"no finished fold under {cv_dir} (expected fold{{k}}/{workdir.EXPORT_INFO})"
+        )
+    configs = {k: workdir.read_run_config(workdir.fold_dir(cv_dir, k)) for k in done}
     first = configs[done[0]]["config"]
     for k in done[1:]:
         diff = _diff(_comparable(first), _comparable(configs[k]["config"]))
@@ -210,33 +185,33 @@ def aggregate(workdir, num_folds=None, verify_dataset=True):
 
     rows, subjects, confusion, class_names = [], {}, None, None
     for k in done:
-        info = _read_json(os.path.join(fold_dir(workdir, k), "export.json"))
-        test = info["metrics"].get("test")
+        info = workdir.read_export_info(workdir.fold_dir(cv_dir, k))
+        test = info.metrics.get("test")
         if test is None:
-            raise KFoldError(f"fold{k}/export.json has no test metrics")
-        path = os.path.join(fold_dir(workdir, k), SUBJECTS_FILE)
-        if verify_dataset or not tf.io.gfile.exists(path):
+            raise KFoldError(f"fold{k}/{workdir.EXPORT_INFO} has no test metrics")
+        path = os.path.join(workdir.fold_dir(cv_dir, k), workdir.SUBJECTS)
+        if verify_dataset or not workdir.exists(path):
             cfg = ml_collections.ConfigDict(configs[k]["config"])
             try:
                 record = _subjects_of_fold(cfg)
             except KFoldError:
                 raise
             except Exception as e:  # the dataset may live on another machine
-                if not tf.io.gfile.exists(path):
+                if not workdir.exists(path):
                     raise KFoldError(
-                        f"fold{k}: no {SUBJECTS_FILE} and the dataset cannot be read to check "
+                        f"fold{k}: no {workdir.SUBJECTS} and the dataset cannot be read to check "
                         f"subjects ({type(e).__name__}: {e})"
                     ) from None
                 logging.warning("fold%d: dataset not readable here; using %s", k, path)
-                record = _read_json(path)
+                record = workdir.read_json(path)
         else:
-            record = _read_json(path)
+            record = workdir.read_json(path)
         if record["overlap"]:
             raise KFoldError(f"fold{k}: subjects {record['overlap']} in both train and test")
         subjects[k] = record
         cm = np.asarray(test["confusion"], dtype=np.int64)
         confusion = cm if confusion is None else confusion + cm
-        class_names = info["class_names"]
+        class_names = info.class_names
         rows.append(
             {
                 "fold": k,
@@ -245,7 +220,7 @@ def aggregate(workdir, num_folds=None, verify_dataset=True):
                 "accuracy": float(test["accuracy"]),
                 "mean_class_accuracy": float(test["mean_class_accuracy"]),
                 "macro_f1": float(test["macro_f1"]),
-                "step": int(info["step"]),
+                "step": int(info.step),
             }
         )
 
@@ -257,20 +232,17 @@ def aggregate(workdir, num_folds=None, verify_dataset=True):
             seen[s] = k
     all_subjects = sorted(set(seen) | set(subjects[done[0]]["train_subjects"]))
 
-    summary = {}
-    for key in ("accuracy", "mean_class_accuracy", "macro_f1"):
-        values = np.array([r[key] for r in rows])
-        summary[key] = {
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-        }
+    summary = {
+        key: reports.mean_std([r[key] for r in rows])
+        for key in ("accuracy", "mean_class_accuracy", "macro_f1")
+    }
     pooled = metrics.from_confusion(confusion)
     model = first["model"]
     result = {
-        "workdir": os.path.abspath(workdir),
+        "workdir": os.path.abspath(cv_dir),
         "dataset": first["dataset"],
         "dataset_config": first.get("dataset_config"),
-        "model": model_label(model),
+        "model": reports.model_label(model),
         "num_folds": num_folds,
         "folds_done": done,
         "folds_missing": [k for k in range(num_folds) if k not in done],
@@ -292,24 +264,15 @@ def aggregate(workdir, num_folds=None, verify_dataset=True):
             "per_fold": {str(k): subjects[k] for k in done},
         },
     }
-    write_aggregate(result, workdir)
+    reports.write_report(cv_dir, workdir.KFOLD_REPORT, result, markdown(result), csv(result))
     title = (
-        f"{result['dataset']} {len(done)}-fold summed confusion, accuracy "
-        f"{100 * summary['accuracy']['mean']:.2f} ± {100 * summary['accuracy']['std']:.2f}%"
+        f"{result['dataset']}: {len(done)} of {num_folds} folds, summed confusion, accuracy "
+        f"{reports.pct(summary['accuracy']['mean'])} ± {reports.pct(summary['accuracy']['std'])}%"
     )
-    evaluate.save_confusion_png(
-        confusion, class_names, os.path.join(workdir, "kfold_confusion.png"), title
+    figures.save_confusion_png(
+        confusion, class_names, os.path.join(cv_dir, workdir.KFOLD_CONFUSION), title
     )
     return result
-
-
-def model_label(model):
-    se = f" + SE (r={model['se_reduction']})" if model["use_se"] else ""
-    return f"ViT-{model['name']}{se}"
-
-
-def _pct(x):
-    return f"{100 * x:.2f}"
 
 
 def markdown(result):
@@ -332,28 +295,36 @@ def markdown(result):
             f"**Partial: {done} of {total} folds** (missing {result['folds_missing']}).",
             "",
         ]
-    lines += [
-        "| fold | test subjects | test examples | accuracy (%) | mean class acc. (%) "
-        "| macro F1 (%) | step |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+    keys = ("accuracy", "mean_class_accuracy", "macro_f1")
+    body = [
+        [r["fold"], r["test_subjects"], r["num_examples"]]
+        + [reports.pct(r[k]) for k in keys]
+        + [r["step"]]
+        for r in result["folds"]
     ]
-    for r in result["folds"]:
-        lines.append(
-            f"| {r['fold']} | {r['test_subjects']} | {r['num_examples']} | {_pct(r['accuracy'])} "
-            f"| {_pct(r['mean_class_accuracy'])} | {_pct(r['macro_f1'])} | {r['step']} |"
-        )
     n = sum(r["num_examples"] for r in result["folds"])
-    means = " | ".join(
-        f"**{_pct(s[k]['mean'])} ± {_pct(s[k]['std'])}**"
-        for k in ("accuracy", "mean_class_accuracy", "macro_f1")
+    body.append(
+        ["**mean ± std**", check["subjects_tested"], n]
+        + [f"**{reports.pct(s[k]['mean'])} ± {reports.pct(s[k]['std'])}**" for k in keys]
+        + [""]
     )
-    lines.append(f"| **mean ± std** | {check['subjects_tested']} | {n} | {means} | |")
+    headers = [
+        "fold",
+        "test subjects",
+        "test examples",
+        "accuracy (%)",
+        "mean class acc. (%)",
+        "macro F1 (%)",
+        "step",
+    ]
+    lines += reports.markdown_table(headers, body, ["---:"] * len(headers))
     p = result["pooled"]
     lines += [
         "",
         f"Pooled over folds (summed confusion matrix, {p['num_examples']} examples): accuracy "
-        f"{_pct(p['accuracy'])}%, mean class accuracy {_pct(p['mean_class_accuracy'])}%, "
-        f"macro F1 {_pct(p['macro_f1'])}%. Std: {result['std']}.",
+        f"{reports.pct(p['accuracy'])}%, mean class accuracy "
+        f"{reports.pct(p['mean_class_accuracy'])}%, macro F1 {reports.pct(p['macro_f1'])}%. "
+        f"Std: {result['std']}.",
         "",
         "Summed confusion matrix (rows: true, columns: predicted):",
         "",
@@ -365,29 +336,16 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
-def csv_text(result):
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+def csv(result):
     keys = ("accuracy", "mean_class_accuracy", "macro_f1")
-    w.writerow(["fold", "test_subjects", "num_examples", *keys, "step"])
-    for r in result["folds"]:
-        w.writerow(
-            [r["fold"], r["test_subjects"], r["num_examples"], *(r[k] for k in keys), r["step"]]
-        )
+    rows = [
+        [r["fold"], r["test_subjects"], r["num_examples"], *(r[k] for k in keys), r["step"]]
+        for r in result["folds"]
+    ]
     s = result["summary"]
-    w.writerow(["mean", "", "", *(s[k]["mean"] for k in keys), ""])
-    w.writerow(["std", "", "", *(s[k]["std"] for k in keys), ""])
-    return buf.getvalue()
-
-
-def write_aggregate(result, workdir):
-    from vit_se import train
-
-    train._write_json(os.path.join(workdir, "kfold.json"), result)
-    with tf.io.gfile.GFile(os.path.join(workdir, "kfold.md"), "w") as f:
-        f.write(markdown(result))
-    with tf.io.gfile.GFile(os.path.join(workdir, "kfold.csv"), "w") as f:
-        f.write(csv_text(result))
+    rows.append(["mean", "", "", *(s[k]["mean"] for k in keys), ""])
+    rows.append(["std", "", "", *(s[k]["std"] for k in keys), ""])
+    return reports.csv_text(["fold", "test_subjects", "num_examples", *keys, "step"], rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,36 +363,24 @@ def define_flags():
     flags.DEFINE_bool("aggregate_only", False, "Only combine the finished WORKDIR/fold{k}.")
 
 
-class QuietOrbax(py_logging.Filter):
-    """Orbax logs every save at INFO; keep its warnings and errors only."""
-
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
-        raise app.UsageError("--workdir is required")
-    logging.get_absl_handler().addFilter(QuietOrbax())
-    tf.config.set_visible_devices([], "GPU")
-    from vit_se import train
-
-    try:
-        if not FLAGS.aggregate_only:
-            if FLAGS.config is None:
-                raise app.UsageError("--config is required unless --aggregate_only")
-            folds = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
-            run_folds(FLAGS.config, FLAGS.workdir, folds)
-        num_folds = FLAGS.config.get("num_folds") if FLAGS.config is not None else None
-        result = aggregate(FLAGS.workdir, num_folds)
-    except (KFoldError, train.ConfigError) as e:
-        sys.exit(f"vit_se.kfold: {e}")
+        raise cli.CommandError("--workdir is required")
+    if not FLAGS.aggregate_only:
+        if FLAGS.config is None:
+            raise cli.CommandError("--config is required unless --aggregate_only")
+        folds = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
+        run_folds(FLAGS.config, FLAGS.workdir, folds)
+    num_folds = FLAGS.config.num_folds if FLAGS.config is not None else None
+    result = aggregate(FLAGS.workdir, num_folds)
     print(markdown(result))
-    print(f"wrote {FLAGS.workdir}/kfold.json, kfold.md, kfold.csv, kfold_confusion.png")
+    stem = os.path.join(FLAGS.workdir, workdir.KFOLD_REPORT)
+    print(f"wrote {stem}.json, .md, .csv and {workdir.KFOLD_CONFUSION}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    sys.argv = cli.resolve_config_paths(sys.argv)
+    cli.run(main, "kfold")

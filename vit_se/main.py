@@ -7,12 +7,13 @@ forced with --coordinator_address/--num_processes/--process_id.
 
 from __future__ import annotations
 
-import logging as py_logging
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from vit_se import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -49,21 +50,9 @@ def initialise_distributed():
     jax.distributed.initialize(**kwargs)
 
 
-class _QuietOrbax(py_logging.Filter):
-    """Orbax logs every save at INFO (dozens of lines); keep its warnings and errors only."""
-
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietOrbax())
-    # TensorFlow only feeds data: keep it off the accelerators JAX owns.
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")
+        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     initialise_distributed()
 
     import jax
@@ -78,10 +67,7 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    try:
-        result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except train.ConfigError as e:
-        sys.exit(f"vit_se: {e}")
+    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
         for name, m in result.items():
             print(
@@ -91,4 +77,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.argv = cli.resolve_config_paths(sys.argv)
+    cli.run(main, "main")

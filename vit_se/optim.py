@@ -31,7 +31,8 @@ def schedule(config, steps_per_epoch, total_steps):
 
 
 def _decay_mask(params):
-    """Weight decay on kernels and embeddings only, not on biases, LayerNorm scales or cls.
+    """Weight decay on arrays of two or more axes (kernels, position embedding, cls), not on
+    biases or LayerNorm scales.
 
     A scanned model's blocks (`Transformer/encoderblock`) carry a leading depth axis, which does
     not make a stacked bias a kernel.

@@ -1,6 +1,6 @@
 """Apply a trained model to image files, folders and videos.
 
-  python -m vit_se.predict --workdir=/tmp/run [--params=best_params.npz] [--out=preds.csv] \
+  python -m vit_se.predict --workdir=/tmp/run [--params=params.npz] [--out=preds.csv] \
       photo.jpg faces/ clip.mp4 [--every_nth_frame=5]
 
   python -m vit_se.predict --npz=ViT-B_16-fer.npz --variant=B/16 \
@@ -30,66 +30,17 @@ import csv
 import io
 import json
 import os
-import sys
-import tempfile
 
 import numpy as np
 from absl import app, flags, logging
 
+from vit_se import cli, workdir
 from vit_se.datasets.common import BadImagesError
 
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FIXED_COLUMNS = ("file", "frame", "predicted", "confidence")
 
 
-class PredictError(ValueError):
-    """Bad inputs or flags, with a message meant for the command line."""
-
-
 # ------------------------------------------------------------------------------------ inputs
-
-
-def is_video(path):
-    return os.fspath(path).lower().endswith(VIDEO_EXTENSIONS)
-
-
-def is_image(path):
-    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
-
-
-def expand_paths(paths):
-    """Files and folders -> the list of files to read, in a stable order.
-
-    A folder contributes its images (recursively, sorted, hidden entries skipped); a file named
-    explicitly is kept whatever its extension (a video when its extension says so, else an image).
-    A path that does not exist is kept too, so reading it reports it as bad.
-    """
-    out = []
-    for path in paths:
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                out.extend(
-                    os.path.join(root, f)
-                    for f in sorted(files)
-                    if not f.startswith(".") and is_image(f)
-                )
-        else:
-            out.append(path)
-    return out
 
 
 def _read_video(path, every_nth_frame):
@@ -128,8 +79,8 @@ def iter_inputs(paths, every_nth_frame=1):
     """
     from vit_se import inference
 
-    for path in expand_paths(paths):
-        if is_video(path):
+    for path in cli.find_images(paths):
+        if cli.is_video(path):
             try:
                 for index, frame in _read_video(path, every_nth_frame):
                     yield path, index, frame, None
@@ -187,12 +138,12 @@ def predict_paths(trained, paths, batch_size=32, every_nth_frame=1, skip_bad=Fal
     from vit_se import inference
 
     if batch_size < 1:
-        raise PredictError(f"batch_size must be at least 1, got {batch_size}")
+        raise cli.CommandError(f"batch_size must be at least 1, got {batch_size}")
     if every_nth_frame < 1:
-        raise PredictError(f"every_nth_frame must be at least 1, got {every_nth_frame}")
+        raise cli.CommandError(f"every_nth_frame must be at least 1, got {every_nth_frame}")
     class_names = trained.class_names
     if len(set(class_names) & set(FIXED_COLUMNS)):
-        raise PredictError(f"class names may not be any of {FIXED_COLUMNS}: {class_names}")
+        raise cli.CommandError(f"class names may not be any of {FIXED_COLUMNS}: {class_names}")
     caller_collects = bad is not None
     bad = [] if bad is None else bad
     first_bad = len(bad)
@@ -286,33 +237,14 @@ def to_json(rows, class_names, source=None, skipped=()):
     return json.dumps(doc, indent=1) + "\n"
 
 
-def write_atomic(path, text):
-    """Writes text to a temporary file beside `path`, then renames it over `path`."""
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an output file is for sharing
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_predictions(path, rows, class_names, source=None, skipped=()):
     lower = path.lower()
     if lower.endswith(".csv"):
-        write_atomic(path, to_csv(rows, class_names))
+        workdir.write_text(path, to_csv(rows, class_names))
     elif lower.endswith(".json"):
-        write_atomic(path, to_json(rows, class_names, source, skipped))
+        workdir.write_text(path, to_json(rows, class_names, source, skipped))
     else:
-        raise PredictError(f"--out must end with .csv or .json, got {path!r}")
+        raise cli.CommandError(f"--out must end with .csv or .json, got {path!r}")
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -322,31 +254,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Flags of the command (defined only when run as a program, so others can import this)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
-    flags.DEFINE_string(
-        "params",
-        "params.npz",
-        "Parameter file in --workdir: params.npz (final step) "
-        "or best_params.npz (best on the validation split).",
-    )
-    flags.DEFINE_string(
-        "npz",
-        None,
-        "Official-format .npz (vit_jax/big_vision layout or a vit_se "
-        "export) to use instead of --workdir; needs --variant and --labels.",
-    )
-    flags.DEFINE_string("variant", None, "Model variant of --npz, e.g. B/16.")
-    flags.DEFINE_list("labels", None, "Class names of --npz in head order, comma-separated.")
-    flags.DEFINE_string("labels_file", None, "File with the class names of --npz, one per line.")
-    flags.DEFINE_integer("image_size", 224, "Input size of the --npz model.")
-    flags.DEFINE_bool("use_se", False, "The --npz model has the SE block (a vit_se fine-tune).")
-    flags.DEFINE_integer("se_reduction", 4, "SE reduction of the --npz model.")
-    flags.DEFINE_bool(
-        "face_crop",
-        False,
-        "Face-crop inputs for the --npz model (a workdir's run "
-        "says itself whether it was trained on face crops).",
-    )
+    cli.define_model_flags()
     flags.DEFINE_integer("batch_size", 32, "Images per model call.")
     flags.DEFINE_integer("every_nth_frame", 1, "Classify video frames 0, N, 2N, ...")
     flags.DEFINE_string("out", None, "Write the predictions to this .csv or .json file.")
@@ -354,71 +262,22 @@ def define_flags():
     flags.DEFINE_bool("quiet", False, "Do not print the table.")
 
 
-def _labels_from_flags():
-    if FLAGS.labels and FLAGS.labels_file:
-        raise PredictError("give --labels or --labels_file, not both")
-    if FLAGS.labels_file:
-        with open(FLAGS.labels_file) as f:
-            names = [line.strip() for line in f if line.strip()]
-    elif FLAGS.labels:
-        names = [n.strip() for n in FLAGS.labels]
-    else:
-        raise PredictError("--npz needs the class names: --labels=a,b,... or --labels_file=FILE")
-    if len(set(names)) != len(names):
-        raise PredictError(f"class names repeat: {names}")
-    return names
-
-
-def load_from_flags():
-    """The model named by --workdir/--params or by --npz/--variant/--labels; and its source."""
-    from vit_se import inference
-
-    if bool(FLAGS.workdir) == bool(FLAGS.npz):
-        raise PredictError("give exactly one of --workdir (a finished run) or --npz")
-    if FLAGS.workdir:
-        trained = inference.load_trained(FLAGS.workdir, FLAGS.params)
-        source = {"workdir": FLAGS.workdir, "params": FLAGS.params}
-        return trained, source
-    if not FLAGS.variant:
-        raise PredictError("--npz needs --variant (e.g. B/16)")
-    names = _labels_from_flags()
-    trained = inference.load_official(
-        FLAGS.npz,
-        FLAGS.variant,
-        names,
-        image_size=FLAGS.image_size,
-        use_se=FLAGS.use_se,
-        se_reduction=FLAGS.se_reduction,
-    )
-    trained.info["face_crop"] = bool(FLAGS.face_crop)
-    source = {"npz": FLAGS.npz, "variant": FLAGS.variant, "image_size": FLAGS.image_size}
-    return trained, source
-
-
 def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("name at least one image file, folder or video")
     if FLAGS.out and not FLAGS.out.lower().endswith((".csv", ".json")):
-        sys.exit(f"vit_se.predict: --out must end with .csv or .json, got {FLAGS.out!r}")
-    import tensorflow as tf
-
-    from vit_se import checkpoint
-
-    tf.config.set_visible_devices([], "GPU")  # TF only preprocesses; JAX owns the accelerators.
-    try:
-        trained, source = load_from_flags()
-        bad = []
-        rows = predict_paths(
-            trained,
-            paths,
-            batch_size=FLAGS.batch_size,
-            every_nth_frame=FLAGS.every_nth_frame,
-            skip_bad=FLAGS.skip_bad,
-            bad=bad,
-        )
-    except (PredictError, BadImagesError, FileNotFoundError, checkpoint.CheckpointError) as e:
-        sys.exit(f"vit_se.predict: {e}")
+        raise cli.CommandError(f"--out must end with .csv or .json, got {FLAGS.out!r}")
+    trained = cli.load_model()
+    bad = []
+    rows = predict_paths(
+        trained,
+        paths,
+        batch_size=FLAGS.batch_size,
+        every_nth_frame=FLAGS.every_nth_frame,
+        skip_bad=FLAGS.skip_bad,
+        bad=bad,
+    )
     if not FLAGS.quiet:
         print(format_table(rows))
     if bad:
@@ -426,10 +285,10 @@ def main(argv):
         for msg in bad:
             print(f"  {msg}")
     if FLAGS.out:
-        write_predictions(FLAGS.out, rows, trained.class_names, source, bad)
+        write_predictions(FLAGS.out, rows, trained.class_names, trained.source, bad)
         print(f"wrote {len(rows)} prediction(s) to {FLAGS.out}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "predict")

@@ -1,35 +1,48 @@
 """train_and_evaluate: one readable, sharded, resumable training loop.
 
-Everything that can be wrong with a config is checked in `validate_config` before any data is
-read or anything compiled. The loop itself is the Flax ImageNet example's shape with big_vision's
-habits: a global batch assembled from per-process batches, one jitted step with explicit
-shardings, orbax checkpoints that make every run resumable, and clu writers for metrics.
+The config is resolved and checked first (`vit_se.config_checks`), before any data is read or
+anything compiled. The loop itself is the Flax ImageNet example's shape with big_vision's habits:
+a global batch assembled from per-process batches, one jitted step with explicit shardings,
+evaluation by the exact evaluator below the trainer (`vit_se.eval_step`), orbax checkpoints that
+make every run resumable, and clu writers for metrics. The run directory's files are named and
+written by `vit_se.workdir`.
+
+What can go wrong while it runs is handled where it happens, each ending in one line and its own
+exit status (README, "Preemption and failures"): a second run on the workdir (`run_lock`), a
+stop request (`preemption`: the step finishes, a checkpoint is written, exit 75), a non-finite
+loss or gradient (`on_nonfinite`: exit 3 with the step and the value, nothing saved after it), a
+checkpoint that does not restore (`state_checkpoints`: moved aside, the one before is used).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from absl import logging
 from clu import metric_writers, periodic_actions
-from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from vit_se import checkpoint as ckpt_lib
-from vit_se import input_pipeline, metrics, model_configs, optim, sharding
-from vit_se.datasets import registry
-from vit_se.datasets.labels import CLASS_NAMES, CLASS_NAMES_WITH_CONTEMPT
+from vit_se import (
+    config_checks,
+    eval_step,
+    input_pipeline,
+    metrics,
+    optim,
+    sharding,
+    state_checkpoints,
+)
+from vit_se import workdir as workdir_lib
+from vit_se.config_checks import ConfigError
+from vit_se.datasets import labels, registry
+from vit_se.errors import Error
+from vit_se.preemption import Preempted, StopSignals
+from vit_se.run_lock import RunLock
 from vit_se.train_step import (
-    EXPORT_PARAMS,
     abstract_state,
     create_model,
     init_state,
@@ -38,225 +51,103 @@ from vit_se.train_step import (
     xla_owned,
 )
 
-EXPORT_INFO = "export.json"
-RUN_CONFIG = "config.json"
-BEST_PARAMS = "best_params.npz"
+__all__ = ["ConfigError", "Diverged", "train_and_evaluate"]
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message is one line naming the field."""
+class Diverged(Error):
+    """A loss or gradient norm that is not finite (see config.on_nonfinite)."""
+
+    exit_code = 3
 
 
-# ----------------------------------------------------------------------------------------------
-# Config checks (no compilation, no data).
+class _StepMetrics:
+    """The train step's metrics between host syncs, checked for non-finite values.
+
+    Reading metrics back is a host sync; it happens only where the loop syncs anyway (logging,
+    evaluation, checkpoints), so the check costs no extra one per step.
+    """
+
+    def __init__(self, config, first_step, latest_checkpoint):
+        self.config = config
+        self.latest_checkpoint = latest_checkpoint  # () -> the newest saved step, or None
+        self.next_step = first_step  # the step the next pending entry belongs to
+        self.pending = []  # device metrics of steps not yet read back
+        self.window = []  # host metrics since the last log line
+        self.consecutive_skips = 0
+        self.last_finite_step = first_step - 1
+
+    def add(self, step_metrics):
+        self.pending.append(step_metrics)
+
+    def fetch(self):
+        """Reads pending metrics back; raises Diverged per config.on_nonfinite."""
+        if not self.pending:
+            return
+        for m in eval_step.to_host(self.pending):
+            step, self.next_step = self.next_step, self.next_step + 1
+            if bool(m["finite"]):
+                self.consecutive_skips = 0
+                self.last_finite_step = step
+            else:
+                what = f"loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])}"
+                latest = self.latest_checkpoint()
+                kept = f"the latest checkpoint is step {latest}, nothing exported"
+                if self.config.on_nonfinite == "stop":
+                    raise Diverged(
+                        f"step {step}: {what} (on_nonfinite='stop'); {kept}: lower the learning "
+                        "rate, or set --config.on_nonfinite=skip_step"
+                    )
+                self.consecutive_skips += 1
+                if self.consecutive_skips >= self.config.max_consecutive_skips:
+                    raise Diverged(
+                        f"step {step}: {what}; {self.consecutive_skips} steps in a row were "
+                        f"skipped (max_consecutive_skips); {kept}"
+                    )
+            self.window.append(m)
+        self.pending = []
+
+    def log_line(self):
+        """Mean of the window's metrics (non-finite steps left out) and the skipped count."""
+        good = [m for m in self.window if bool(m["finite"])] or self.window
+        keys = [k for k in self.window[0] if k != "finite"]
+        mean = {f"train/{k}": float(np.mean([m[k] for m in good])) for k in keys}
+        mean["train/skipped_steps"] = float(sum(not bool(m["finite"]) for m in self.window))
+        self.window = []
+        return mean
 
 
-def _model_identity(config):
-    m = config.model
-    return {
-        "hidden_size": int(m.hidden_size),
-        "num_layers": int(m.transformer.num_layers),
-        "patch": list(m.patches.size),
-        "use_se": bool(m.use_se),
-        "se_reduction": int(m.se_reduction),
-        "representation_size": m.representation_size,
-        "classifier": m.classifier,
-        "num_classes": int(config.num_classes),
-        "image_size": int(config.image_size),
-    }
-
-
-def validate_config(config, workdir):
-    """Raises ConfigError with one line for each way a config can fail before compiling."""
-    if config.dataset not in registry.NAMES:
-        raise ConfigError(
-            f"config.dataset: unknown dataset {config.dataset!r}; expected one of "
-            f"{', '.join(registry.NAMES)}"
-        )
-    name = config.model.get("name", "")
-    try:
-        variant = model_configs.get_config(name)
-    except ValueError as e:
-        raise ConfigError(f"config.model.name: {e}") from None
-    if int(variant.hidden_size) != int(config.model.hidden_size):
-        raise ConfigError(
-            f"config.model: hidden_size {config.model.hidden_size} does not match {name} "
-            f"({variant.hidden_size})"
-        )
-    devices = jax.device_count()
-    if config.batch_size % devices:
-        raise ConfigError(
-            f"config.batch_size {config.batch_size} is not divisible by the {devices} devices"
-        )
-    if config.batch_size % (config.accum_steps * devices):
-        raise ConfigError(
-            f"config.batch_size {config.batch_size} must split into accum_steps "
-            f"{config.accum_steps} micro-batches divisible by the {devices} devices"
-        )
-    if config.image_size % config.model.patches.size[0]:
-        raise ConfigError(
-            f"config.image_size {config.image_size} is not a multiple of the patch size "
-            f"{config.model.patches.size[0]}"
-        )
-    if config.get("pretrained_path") and not tf.io.gfile.exists(config.pretrained_path):
-        raise ConfigError(f"config.pretrained_path: {config.pretrained_path} does not exist")
-    if config.get("init_from"):
-        path = os.path.join(config.init_from, EXPORT_PARAMS)
-        if not tf.io.gfile.exists(path):
-            raise ConfigError(
-                f"config.init_from: {path} does not exist; expected the workdir of a finished run"
-            )
-    _check_workdir(config, workdir)
-
-
-def resolve_splits(config):
-    """k-fold configs name a fold; their train/test splits come from the builder's fold files."""
-    if config.get("fold") is None:
-        return config
-    if config.dataset not in registry.NAMES:
-        return config  # validate_config names the dataset
-    module = importlib.import_module(f"vit_se.datasets.{config.dataset}")
-    if not hasattr(module, "fold_splits"):
-        raise ConfigError(f"config.fold: dataset {config.dataset!r} has no cross-validation folds")
-    try:
-        train_split, test_split = module.fold_splits(config.fold, config.get("num_folds", 10))
-    except ValueError as e:
-        raise ConfigError(f"config.fold: {e}") from None
-    config = config.copy_and_resolve_references()
-    config.train_split = train_split
-    config.test_split = test_split
-    return config
-
-
-def _check_workdir(config, workdir):
-    saved = os.path.join(workdir, RUN_CONFIG)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not (tf.io.gfile.exists(saved) and tf.io.gfile.exists(ckpt_dir)):
-        return
-    if not tf.io.gfile.listdir(ckpt_dir):
-        return
-    with tf.io.gfile.GFile(saved) as f:
-        old = json.load(f).get("model_identity")
-    new = _model_identity(config)
-    if old is not None and old != new:
-        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
-        raise ConfigError(
-            f"workdir {workdir} holds checkpoints of another model ({diff} as (saved, config)); "
-            "use a new --workdir"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# Model, parameters, steps.
-
-
-def class_names(config):
-    return CLASS_NAMES_WITH_CONTEMPT if config.num_classes == 8 else CLASS_NAMES
-
-
-def make_eval_step(model, num_classes):
-    def eval_step(params, batch):
-        logits = model.apply({"params": params}, batch["image"])
-        mask = batch["mask"]
-        onehot = jax.nn.one_hot(batch["label"], num_classes)
-        loss = optax.softmax_cross_entropy(logits, onehot)
-        pred = jax.nn.one_hot(jnp.argmax(logits, -1), num_classes)
-        return {
-            "loss_sum": jnp.sum(loss * mask),
-            "confusion": jnp.einsum("n,nc,nd->cd", mask, onehot, pred),
-        }
-
-    return eval_step
-
-
-def _host(tree):
-    """Replicated global arrays -> numpy, valid on every process."""
-    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
-
-def evaluate(eval_step, params, data, batch_sh, num_classes):
-    confusion = np.zeros((num_classes, num_classes))
-    loss_sum = 0.0
-    for batch in data.dataset.as_numpy_iterator():
-        out = _host(eval_step(params, input_pipeline.to_global(batch, batch_sh)))
-        confusion += out["confusion"]
-        loss_sum += float(out["loss_sum"])
-    result = metrics.from_confusion(confusion, loss_sum)
-    if result["num_examples"] != data.num_examples:
-        raise RuntimeError(
-            f"evaluation counted {result['num_examples']} examples, expected {data.num_examples}"
-        )
-    result["confusion"] = confusion.astype(int).tolist()
-    return result
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints and exports.
-
-
-def checkpoint_manager(workdir, config):
-    policy = preservation_policy.AnyPreservationPolicy(
-        [
-            preservation_policy.LatestN(n=config.keep_checkpoints),
-            preservation_policy.BestN(
-                get_metric_fn=lambda m: m[config.selection_metric],
-                n=1,
-                keep_checkpoints_without_metrics=False,
-            ),
-        ]
+def _export_info(config, **facts):
+    return workdir_lib.ExportInfo(
+        model=config.model.to_dict(),
+        class_names=list(labels.class_names(config.num_classes)),
+        image_size=int(config.image_size),
+        eval_resize=input_pipeline.eval_resize(config),
+        face_crop=bool(config.face_crop),
+        dataset=config.dataset,
+        dataset_config=config.dataset_config,
+        **facts,
     )
-    # best_fn makes orbax store the metrics with each checkpoint (and rank them for best_step).
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy,
-        best_fn=lambda m: m[config.selection_metric],
-        best_mode="max",
-        create=True,
-    )
-    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
 
 
-def export(params, config, workdir, extra, params_file=EXPORT_PARAMS):
-    """Writes params.npz (vit_jax-style keys) and export.json: all predict/evaluate need."""
+def _save_params(params, path):
+    """Gathers (possibly sharded) parameters and writes them from process 0."""
     params = jax.experimental.multihost_utils.process_allgather(params, tiled=True)
-    if jax.process_index() != 0:
-        return
-    ckpt_lib.save_npz(params, os.path.join(workdir, params_file))
-    info = {
-        "model": config.model.to_dict(),
-        "num_classes": config.num_classes,
-        "class_names": list(class_names(config)),
-        "image_size": config.image_size,
-        "dataset": config.dataset,
-        "dataset_config": config.get("dataset_config"),
-        "face_crop": bool(config.face_crop),
-        "eval_crop": config.augment.crop,
-        "resize_to": config.augment.resize_to,
-        **extra,
-    }
-    _write_json(os.path.join(workdir, EXPORT_INFO), info)
-
-
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    if jax.process_index() == 0:
+        ckpt_lib.save_npz(params, path)
 
 
 def _maybe_write_fake_data(config):
     """The demo config ships no data: it writes a dataset in the original layout first."""
-    fake = config.get("fake_data")
-    if not fake or not fake.get("enabled"):
+    fake = config.fake_data
+    if not fake.enabled:
         return
     root = config.manual_dir
-    if tf.io.gfile.exists(root) and tf.io.gfile.listdir(root):
+    if workdir_lib.isdir(root) and workdir_lib.listdir(root):
         return
     if jax.process_index() == 0:
-        module = importlib.import_module(f"vit_se.datasets.{config.dataset}.fake_data")
-        writer = getattr(module, f"write_fake_{config.dataset}")
         kwargs = {k: v for k, v in fake.items() if k != "enabled"}
         logging.info("Writing a synthetic %s layout to %s", config.dataset, root)
-        writer(root, **kwargs)
+        registry.write_fake_data(config.dataset, root, **kwargs)
     if jax.process_count() > 1:
         jax.experimental.multihost_utils.sync_global_devices("vit_se: fake data written")
 
@@ -266,25 +157,29 @@ def _maybe_write_fake_data(config):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress=None) -> dict:
-    """Trains, evaluates, checkpoints and exports; returns the final metrics.
+    """Trains, evaluates, checkpoints and exports; returns the final metrics by split name.
 
     `progress(step, total_steps, evaluated)` is called after every step (`evaluated` holds the
     metrics of an evaluation at that step, else None): notebooks draw their progress bar with it.
+    Raises Preempted (a checkpoint was written; call again to resume), Diverged, WorkdirInUse or
+    ConfigError.
     """
-    config = resolve_splits(config)
-    validate_config(config, workdir)
-    tf.io.gfile.makedirs(workdir)
+    config = config_checks.resolve(config, workdir)
+    config_checks.validate(config, workdir)
+    with RunLock(workdir) as lock, StopSignals() as stop:
+        return _train(config, workdir, progress, lock, stop)
+
+
+def _train(config, workdir, progress, lock, stop):
     if jax.process_index() == 0:
-        _write_json(
-            os.path.join(workdir, RUN_CONFIG),
-            {"config": config.to_dict(), "model_identity": _model_identity(config)},
+        workdir_lib.write_run_config(
+            workdir, config.to_dict(), config_checks.model_identity(config)
         )
     _maybe_write_fake_data(config)
 
     mesh = sharding.make_mesh()
     batch_sh = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
-    builder = input_pipeline.load_builder(config)
+    builder = input_pipeline.builder_of(config)
     num_train = input_pipeline.num_examples(builder, config.train_split)
     steps_per_epoch = max(num_train // config.batch_size, 1)
     total_steps = (
@@ -293,40 +188,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
         else int(config.num_epochs * steps_per_epoch)
     )
     local_batch = config.batch_size // jax.process_count()
-    eval_batch = int(np.ceil(config.eval_batch_size / jax.device_count()) * jax.device_count())
-    local_eval_batch = eval_batch // jax.process_count()
 
     model = create_model(config)
     lr_schedule = optim.schedule(config, steps_per_epoch, total_steps)
     tx = optim.optimizer(config, lr_schedule)
 
     abstract, state_sh = abstract_state(config, model, tx, mesh)
-    mngr = checkpoint_manager(workdir, config)
-    latest = mngr.latest_step()
+    mngr = state_checkpoints.manager(workdir, config)
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
     )
+    latest, restored = state_checkpoints.restore_latest(mngr, target, workdir)
     if latest is not None:
-        state = xla_owned(mngr.restore(latest, args=ocp.args.StandardRestore(target)), state_sh)
+        state = xla_owned(restored, state_sh)
         logging.info("Resumed from %s at step %d", workdir, latest)
     else:
         state = init_state(config, model, tx, state_sh)
-    start_step = int(_host(state.step))
+    start_step = int(eval_step.to_host(state.step))
 
     train_step = jit_train_step(model, tx, lr_schedule, config, state_sh, mesh)
-    eval_step = jax.jit(
-        make_eval_step(model, config.num_classes),
-        in_shardings=(state_sh.params, batch_sh),
-        out_shardings=repl,
-    )
-    evals = {"val": config.val_split}
-    if config.get("test_split"):
-        evals["test"] = config.test_split
-    eval_data = {
-        name: input_pipeline.eval_dataset(builder, config, split, local_eval_batch)
-        for name, split in evals.items()
-        if split
-    }
+    evaluate = _evaluator(config, builder, model, state_sh.params, mesh)
 
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
@@ -357,56 +238,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
         jax.process_count(),
     )
     final = {}
-    pending = []
+    step_metrics = _StepMetrics(config, start_step + 1, mngr.latest_step)
     t0, last_log = time.time(), start_step
-    for step in range(start_step + 1, total_steps + 1):
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = input_pipeline.to_global(next(train_iter), batch_sh)
-            state, step_metrics = train_step(state, batch)
-        if step == start_step + 1:
-            release_host_memory()  # what compiling the step freed
-        pending.append(step_metrics)
-        for hook in hooks:
-            hook(step)
-        if step % config.log_every == 0 or step == total_steps:
-            logged = _host(pending)
-            mean = {f"train/{k}": float(np.mean([m[k] for m in logged])) for k in logged[0]}
-            dt = time.time() - t0
-            mean["train/images_per_sec"] = (step - last_log) * config.batch_size / max(dt, 1e-9)
-            writer.write_scalars(step, mean)
-            pending, t0, last_log = [], time.time(), step
-        evaluated = None
-        if step % config.eval_every == 0 or step == total_steps:
-            evaluated = {}
-            for name, data in eval_data.items():
-                result = evaluate(eval_step, state.params, data, batch_sh, config.num_classes)
-                evaluated[name] = result
-                writer.write_scalars(
-                    step, {f"{name}/{k}": v for k, v in metrics.scalars(result).items()}
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                batch = input_pipeline.to_global(next(train_iter), batch_sh)
+                state, out = train_step(state, batch)
+            if step == start_step + 1:
+                release_host_memory()  # what compiling the step freed
+            step_metrics.add(out)
+            for hook in hooks:
+                hook(step)
+            stopping = stop.should_stop(step)
+            evaluating = step % config.eval_every == 0 or step == total_steps
+            saving = evaluating or stopping or step % config.checkpoint_every == 0
+            if step % config.log_every == 0 or saving:
+                step_metrics.fetch()  # raises Diverged before anything is saved
+            if step % config.log_every == 0 or step == total_steps:
+                mean = step_metrics.log_line()
+                dt = time.time() - t0
+                mean["train/images_per_sec"] = (step - last_log) * config.batch_size / max(dt, 1e-9)
+                writer.write_scalars(step, mean)
+                lock.heartbeat()
+                t0, last_log = time.time(), step
+            evaluated = None
+            if evaluating:
+                evaluated = final = evaluate(state.params)
+                for name, result in evaluated.items():
+                    writer.write_scalars(
+                        step, {f"{name}/{k}": v for k, v in metrics.scalars(result).items()}
+                    )
+            if saving:
+                ckpt_metrics = (
+                    {k: float(v) for k, v in metrics.scalars(evaluated["val"]).items()}
+                    if evaluated and "val" in evaluated
+                    else None
                 )
-            final = evaluated
-        if evaluated is not None or step % config.checkpoint_every == 0:
-            ckpt_metrics = (
-                {k: float(v) for k, v in metrics.scalars(evaluated["val"]).items()}
-                if evaluated and "val" in evaluated
-                else None
-            )
-            mngr.save(step, args=ocp.args.StandardSave(state), metrics=ckpt_metrics)
-        if progress is not None:
-            progress(step, total_steps, evaluated)
-    mngr.wait_until_finished()
+                mngr.save(step, args=ocp.args.StandardSave(state), metrics=ckpt_metrics, force=True)
+            if progress is not None:
+                progress(step, total_steps, evaluated)
+            if stopping and step < total_steps:
+                raise Preempted(
+                    f"stopped by {stop.reason} after step {step} of {total_steps}; its "
+                    f"checkpoint is in {os.path.join(workdir, workdir_lib.CHECKPOINTS)}: run the "
+                    "same command to resume"
+                )
+    finally:
+        # Whatever ends the loop, what was saved is complete and the logs are on disk.
+        mngr.wait_until_finished()
+        writer.flush()
     if not final:  # resumed after the last step: evaluate the restored state
-        final = {
-            name: evaluate(eval_step, state.params, data, batch_sh, config.num_classes)
-            for name, data in eval_data.items()
-        }
-    best_step = mngr.best_step() if eval_data.get("val") else None
-    extra = {"step": total_steps, "best_step": best_step, "metrics": final}
-    export(state.params, config, workdir, extra)
+        final = evaluate(state.params)
+    best_step = mngr.best_step() if config.val_split else None
+    _save_params(state.params, os.path.join(workdir, workdir_lib.PARAMS))
     if best_step is not None:
-        # The model selected on val_split, for evaluate/predict --params=best_params.npz.
+        # The model selected on val_split: what every command loads by default.
         best = mngr.restore(best_step, args=ocp.args.StandardRestore(target))
-        export(best.params, config, workdir, extra, params_file=BEST_PARAMS)
+        _save_params(best.params, os.path.join(workdir, workdir_lib.BEST_PARAMS))
+    if jax.process_index() == 0:
+        info = _export_info(config, step=total_steps, best_step=best_step, metrics=final)
+        workdir_lib.write_export_info(workdir, info)
     writer.flush()
     mngr.close()
     val = final.get("val", {})
@@ -417,6 +309,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
         val.get("mean_class_accuracy", float("nan")),
     )
     return final
+
+
+def _evaluator(config, builder, model, params_sharding, mesh):
+    """params -> {'val': metrics, 'test': metrics} (the splits the config names)."""
+    eval_batch = int(np.ceil(config.eval_batch_size / jax.device_count()) * jax.device_count())
+    splits = {"val": config.val_split, "test": config.test_split}
+    data = {
+        name: input_pipeline.eval_dataset(
+            builder,
+            split,
+            eval_batch // jax.process_count(),
+            image_size=config.image_size,
+            eval_resize=input_pipeline.eval_resize(config),
+            face_crop=config.face_crop,
+            prefetch=config.prefetch,
+        )
+        for name, split in splits.items()
+        if split
+    }
+    step = eval_step.jit_eval_step(model, config.num_classes, params_sharding, mesh)
+    batch_sh = sharding.batch_sharding(mesh)
+
+    def evaluate(params):
+        return {
+            name: eval_step.evaluate(
+                step, params, d.global_batches(batch_sh), config.num_classes, d.num_examples
+            )
+            for name, d in data.items()
+        }
+
+    return evaluate
 
 
 def _flat(d, prefix=""):

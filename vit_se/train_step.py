@@ -18,15 +18,13 @@ import numpy as np
 import optax
 
 from vit_se import checkpoint as ckpt_lib
-from vit_se import models, sharding
+from vit_se import models, sharding, workdir
 
-EXPORT_PARAMS = "params.npz"
-
-# XLA:CPU options for the train step (benchmarks/train_speed.py measures them). Region-based copy
-# insertion lets the optimizer update a donated parameter in place; without it XLA:CPU copies every
-# parameter read in the backward pass at the start of the step (B/16: 330 MB held all step long).
-# The memory-optimised scheduler orders the step for peak memory at no measured cost in speed
-# (B/16 at batch 8: 1.6 -> 0.9 GB of scratch together with the model's own measures).
+# XLA:CPU options for the train step (benchmarks/README.md has their measurements). Region-based
+# copy insertion lets the optimizer update a donated parameter in place; without it XLA:CPU copies
+# every parameter read in the backward pass at the start of the step and holds the copies all step
+# long (a second set of parameters). The memory-optimised scheduler orders the step for peak
+# memory; its cost in speed was within the measurement's noise.
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_copy_insertion_use_region_analysis": True,
     "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
@@ -58,7 +56,20 @@ def _backbone_mask(params):
     }
 
 
+NONFINITE_MODES = ("stop", "skip_step")
+
+
 def make_train_step(model, tx, lr_schedule, config):
+    """(state, batch) -> (state, metrics): one optimizer step on a global batch.
+
+    The batch holds `image` and `label`, and optionally `label_distribution` [B, C]: a soft target
+    (FER+ vote distributions) that replaces the one-hot label in the loss; label smoothing
+    composes with either. Accuracy counts the arg-max against `label`.
+
+    `config.on_nonfinite == 'skip_step'`: a step whose loss or gradient norm is not finite changes
+    neither parameters nor optimizer state (`finite` in the metrics says which steps counted). In
+    'stop' mode the step is the plain computation; the trainer reads `finite` when it logs.
+    """
     num_classes = config.num_classes
     accum = int(config.accum_steps)
     base_rng = jax.random.PRNGKey(config.seed + 1)
@@ -72,7 +83,10 @@ def make_train_step(model, tx, lr_schedule, config):
     def train_step(state, batch):
         rng = jax.random.fold_in(base_rng, state.step)
         labels = batch["label"]
-        targets = jax.nn.one_hot(labels, num_classes)
+        if "label_distribution" in batch:
+            targets = batch["label_distribution"].astype(jnp.float32)
+        else:
+            targets = jax.nn.one_hot(labels, num_classes)
         if config.label_smoothing:
             targets = optax.smooth_labels(targets, config.label_smoothing)
         if accum == 1:
@@ -109,11 +123,21 @@ def make_train_step(model, tx, lr_schedule, config):
                 lambda u, m: jnp.where(frozen & m, 0.0, u), updates, mask
             )
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if config.on_nonfinite == "skip_step":
+            # Element-wise selects fuse into the update, which stays in place (donated state).
+            def keep_if_finite(new, old):
+                return jnp.where(finite, new, old)
+
+            params = jax.tree_util.tree_map(keep_if_finite, params, state.params)
+            opt_state = jax.tree_util.tree_map(keep_if_finite, opt_state, state.opt_state)
         out = {
             "loss": loss,
             "accuracy": correct / labels.shape[0],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
             "learning_rate": lr_schedule(state.step),
+            "finite": finite,
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
 
@@ -157,10 +181,10 @@ def jit_model_init(model):
     """`model.init`, jitted; on a CPU with CPU_COMPILER_OPTIONS.
 
     Initialisation is one independent random draw per parameter, and XLA:CPU's default schedule
-    draws them all before it writes any out: B/16 plans 439 MiB of scratch on top of its 328 MiB
-    of parameters, and a process that initialises B/16 and runs its forward pass peaked there
-    (1.3 GB RSS). The memory-optimised schedule writes each parameter as it is drawn (18 MiB of
-    scratch, 0.8 GB); the values are the same.
+    draws them all before it writes any out, planning scratch larger than the parameters
+    themselves: a process that initialises B/16 and runs its forward pass peaked there. The
+    memory-optimised schedule writes each parameter as it is drawn (next to no scratch); the values
+    are the same (benchmarks/README.md has the figures).
     """
     return jax.jit(model.init, compiler_options=compiler_options(jax.default_backend()))
 
@@ -191,8 +215,8 @@ def _init_params(config, model):
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     params = jit_model_init(model)(jax.random.PRNGKey(config.seed), dummy)["params"]
     params = jax.tree_util.tree_map(np.asarray, params)
-    source = config.get("pretrained_path") or (
-        os.path.join(config.init_from, EXPORT_PARAMS) if config.get("init_from") else None
+    source = config.pretrained_path or (
+        os.path.join(config.init_from, workdir.PARAMS) if config.init_from else None
     )
     if source:
         params = ckpt_lib.load_pretrained(source, params)

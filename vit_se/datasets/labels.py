@@ -10,6 +10,19 @@ CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"
 # CK+ 8-class configs keep contempt as an extra, last class so indices 0..6 stay canonical.
 CLASS_NAMES_WITH_CONTEMPT = CLASS_NAMES + ("contempt",)
 
+
+def class_names(num_classes):
+    """The class names of a model with `num_classes` outputs (7, or 8 with contempt last)."""
+    if num_classes == len(CLASS_NAMES):
+        return CLASS_NAMES
+    if num_classes == len(CLASS_NAMES_WITH_CONTEMPT):
+        return CLASS_NAMES_WITH_CONTEMPT
+    raise ValueError(
+        f"num_classes must be {len(CLASS_NAMES)} or {len(CLASS_NAMES_WITH_CONTEMPT)} (the "
+        f"canonical classes, contempt last), got {num_classes}"
+    )
+
+
 # JAFFE file-name codes, e.g. KA.AN1.39.tiff.
 JAFFE_CODES = {"AN": 0, "DI": 1, "FE": 2, "HA": 3, "SA": 4, "SU": 5, "NE": 6}
 

@@ -11,6 +11,15 @@ import importlib
 import tensorflow_datasets as tfds
 
 NAMES = ("jaffe", "ck_plus", "raf_db", "sfew", "fer2013", "affectnet")
+# How result tables name each database.
+TITLES = {
+    "jaffe": "JAFFE",
+    "ck_plus": "CK+",
+    "raf_db": "RAF-DB",
+    "sfew": "SFEW",
+    "fer2013": "FER-2013",
+    "affectnet": "AffectNet",
+}
 
 
 def load_builder(name, data_dir=None, config=None, **kwargs):
@@ -19,3 +28,25 @@ def load_builder(name, data_dir=None, config=None, **kwargs):
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(NAMES)}")
     importlib.import_module(f"vit_se.datasets.{name}")
     return tfds.builder(name, data_dir=data_dir, config=config, **kwargs)
+
+
+def has_folds(name):
+    """Whether the builder's splits are cross-validation folds (fold0..fold{n-1})."""
+    return hasattr(importlib.import_module(f"vit_se.datasets.{name}"), "fold_splits")
+
+
+def fold_splits(name, fold, num_folds=10):
+    """(train, test) split strings of fold `fold` of a k-fold builder (CK+, JAFFE)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(NAMES)}")
+    if not has_folds(name):
+        raise ValueError(f"dataset {name!r} has no cross-validation folds")
+    return importlib.import_module(f"vit_se.datasets.{name}").fold_splits(fold, num_folds)
+
+
+def write_fake_data(name, root, **kwargs):
+    """Writes a synthetic copy of the dataset in its distributed layout (`<name>/fake_data.py`)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(NAMES)}")
+    module = importlib.import_module(f"vit_se.datasets.{name}.fake_data")
+    return getattr(module, f"write_fake_{name}")(root, **kwargs)

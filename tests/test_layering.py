@@ -1,0 +1,148 @@
+"""Data flows one way: no vit_se module imports one above it (DESIGN.md, section 5).
+
+Every import statement of every module is read, including those inside functions (an import
+deferred to call time is still a dependence), and checked against the layers below. A module that
+is in no layer fails the test, so a new module has to be placed deliberately.
+"""
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Lowest first. A module may import modules of lower layers only (and its own package).
+LAYERS = [
+    # Facts, files and errors: no vit_se imports above this line.
+    ["errors", "metrics", "model_configs", "optim", "sharding", "datasets", "datasets.labels"],
+    ["workdir", "configs.common", "datasets.common", "datasets.registry"],
+    ["datasets.synthetic_faces"],
+    # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
+    ["datasets.*", "configs"],
+    # The model and its checkpoints.
+    ["cpu_lean"],
+    ["models"],
+    ["checkpoint"],
+    # Steps, data and the pieces every evaluator shares.
+    ["train_step", "eval_step", "input_pipeline"],
+    ["config_checks", "attention", "figures", "reports", "preemption", "run_lock"],
+    ["state_checkpoints"],
+    # The trainer; a trained model back from disk.
+    ["train", "inference"],
+    # The command layer.
+    ["cli"],
+    # Commands.
+    ["main", "kfold", "evaluate", "predict", "analyze", "export"],
+    # Result grids built from the commands.
+    ["experiments", "experiments.ablation", "experiments.cross_dataset", "experiments.__main__"],
+]
+# The evaluators sit below the trainer, as in big_vision: using a model never needs training code.
+INFERENCE_COMMANDS = ("evaluate", "predict", "analyze", "export", "inference", "eval_step")
+TRAINING = ("train", "train_step", "config_checks")
+
+
+def _modules():
+    mods = {}
+    for folder in ("vit_se", "configs"):
+        for root, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                if not f.endswith(".py"):
+                    continue
+                rel = os.path.relpath(os.path.join(root, f), ROOT)[:-3].replace(os.sep, ".")
+                rel = rel.removesuffix(".__init__")
+                name = "vit_se." + rel if folder == "configs" else rel
+                mods[name.removeprefix("vit_se.") or "vit_se"] = os.path.join(root, f)
+    return mods
+
+
+def _imports(path, module):
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    package = module.split(".") if path.endswith("__init__.py") else module.split(".")[:-1]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                mod = ".".join(["vit_se", *base, *([node.module] if node.module else [])])
+            else:
+                mod = node.module or ""
+            # `from pkg import mod` depends on pkg.mod; `from mod import name` on mod.
+            names = [
+                f"{mod}.{a.name}" if _is_module(f"{mod}.{a.name}") else mod for a in node.names
+            ]
+        else:
+            continue
+        for name in names:
+            if name == "vit_se" or name.startswith("vit_se."):
+                found.add(name.removeprefix("vit_se.") if name != "vit_se" else "vit_se")
+    return found
+
+
+def _is_module(dotted):
+    return dotted.removeprefix("vit_se.") in MODULES
+
+
+def _layer(module):
+    for i, layer in enumerate(LAYERS):
+        if module in layer:
+            return i
+    if module.startswith("datasets."):
+        return next(i for i, la in enumerate(LAYERS) if "datasets.*" in la)
+    if module.startswith("configs."):
+        return next(i for i, la in enumerate(LAYERS) if "configs" in la)
+    return None
+
+
+MODULES = _modules()
+
+
+def _edges():
+    """(importer, imported) between modules, each name reduced to the module that exists."""
+    edges = []
+    for module, path in MODULES.items():
+        for name in _imports(path, module):
+            while name not in MODULES and "." in name:
+                name = name.rsplit(".", 1)[0]
+            if name in MODULES and name != module:
+                edges.append((module, name))
+    return edges
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(m for m in MODULES if m != "vit_se" and _layer(m) is None)
+    assert not missing, f"place these modules in LAYERS: {missing}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "vit_se"))
+def test_no_import_reaches_up_or_sideways(module):
+    here = _layer(module)
+    for importer, imported in _edges():
+        if importer != module or imported == "vit_se":
+            continue
+        if module.startswith(imported + "."):
+            continue  # a module's own package (its __init__)
+        if module.startswith("datasets.") and imported.startswith("datasets."):
+            same_builder = module.split(".")[1] == imported.split(".")[1]
+            if same_builder or _layer(imported) < here:
+                continue
+        there = _layer(imported)
+        assert there is not None and there < here, (
+            f"{module} (layer {here}) imports {imported} (layer {there})"
+        )
+
+
+def test_using_a_model_never_imports_the_trainer():
+    for importer, imported in _edges():
+        if importer in INFERENCE_COMMANDS:
+            assert imported not in TRAINING, f"{importer} imports {imported}"
+
+
+def test_the_walk_sees_deferred_and_relative_imports():
+    # Guards the test itself: kfold imports train; a function-level import is seen.
+    assert ("kfold", "train") in _edges()
+    assert ("datasets.jaffe", "datasets.jaffe.jaffe_dataset_builder") in _edges()
+    assert ("cli", "inference") in _edges()  # imported inside load_model

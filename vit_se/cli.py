@@ -1,0 +1,218 @@
+"""The command layer: what `evaluate`, `predict`, `analyze` and `export` (and the trainer's
+commands) share, so they cannot disagree.
+
+- One way to load a model from flags (`define_model_flags` + `load_model`): a finished run's
+  workdir, whose default parameter file is the same for every command (`workdir.PARAMS_HELP`), or
+  an official-format `.npz` with its variant and class names.
+- One image finder (`find_images`): one list of extensions, folders searched recursively in sorted
+  order, hidden files and folders skipped.
+- One error handler and log filter (`run`): a user's mistake (`vit_se.errors.Error` and the
+  file/checkpoint errors) is one line on stderr and the error's exit status (1 unless it says
+  otherwise: a pre-empted run exits 75, a diverged one 3); orbax's per-save INFO lines are
+  dropped; TensorFlow, which only feeds data, is kept off the accelerators JAX owns.
+- Config files named on the command line load from any folder (`resolve_config_paths`).
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import sys
+
+from absl import app, flags, logging
+
+from vit_se import workdir
+from vit_se.errors import Error
+
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+FLAGS = flags.FLAGS
+
+
+class CommandError(Error, ValueError):
+    """Flags that do not fit together, or inputs that cannot be used."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def is_image(path):
+    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def is_video(path):
+    return os.fspath(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _walk(folder):
+    if "://" in folder:
+        import tensorflow as tf
+
+        yield from tf.io.gfile.walk(folder)
+    else:
+        yield from os.walk(folder)
+
+
+def find_images(paths):
+    """Files and folders -> the files to read, in a stable order.
+
+    A folder contributes its images (recursively, sorted, hidden entries skipped); a file named
+    explicitly is kept whatever its extension, and so is a path that does not exist, so that
+    reading it reports it by name.
+    """
+    out = []
+    for path in map(os.fspath, paths):
+        if not workdir.isdir(path):
+            out.append(path)
+            continue
+        for root, dirs, files in _walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            out.extend(
+                os.path.join(root, f)
+                for f in sorted(files)
+                if not f.startswith(".") and is_image(f)
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The model.
+
+
+def define_model_flags():
+    """Flags that name the model: a run's workdir, or an official-format npz."""
+    flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
+    flags.DEFINE_string("params", None, workdir.PARAMS_HELP)
+    flags.DEFINE_string(
+        "npz",
+        None,
+        "Official-format .npz (vit_jax/big_vision layout or a vit_se export) to use instead of "
+        "--workdir; needs --variant and --labels or --labels_file.",
+    )
+    flags.DEFINE_string("variant", None, "Model variant of --npz, e.g. B/16.")
+    flags.DEFINE_list("labels", None, "Class names of --npz in head order, comma-separated.")
+    flags.DEFINE_string("labels_file", None, "File with the class names of --npz, one per line.")
+    flags.DEFINE_integer("image_size", 224, "Input size of the --npz model.")
+    flags.DEFINE_bool("use_se", False, "The --npz model has the SE block (a vit_se fine-tune).")
+    flags.DEFINE_integer("se_reduction", 4, "SE reduction of the --npz model.")
+    flags.DEFINE_bool(
+        "face_crop",
+        False,
+        "Face-crop inputs for the --npz model (a run's export says itself whether it was "
+        "trained on face crops).",
+    )
+
+
+def _labels_from_flags():
+    if FLAGS.labels and FLAGS.labels_file:
+        raise CommandError("give --labels or --labels_file, not both")
+    if FLAGS.labels_file:
+        with open(FLAGS.labels_file) as f:
+            names = [line.strip() for line in f if line.strip()]
+    elif FLAGS.labels:
+        names = [n.strip() for n in FLAGS.labels]
+    else:
+        raise CommandError("--npz needs the class names: --labels=a,b,... or --labels_file=FILE")
+    if len(set(names)) != len(names):
+        raise CommandError(f"class names repeat: {names}")
+    return names
+
+
+def load_model():
+    """The `inference.Trained` model the flags of `define_model_flags` name."""
+    from vit_se import inference
+
+    if bool(FLAGS.workdir) == bool(FLAGS.npz):
+        raise CommandError("give exactly one of --workdir (a finished run) or --npz")
+    if FLAGS.workdir:
+        return inference.load_trained(FLAGS.workdir, FLAGS.params)
+    if not FLAGS.variant:
+        raise CommandError("--npz needs --variant (e.g. B/16)")
+    return inference.load_official(
+        FLAGS.npz,
+        FLAGS.variant,
+        _labels_from_flags(),
+        image_size=FLAGS.image_size,
+        use_se=FLAGS.use_se,
+        face_crop=FLAGS.face_crop,
+        se_reduction=FLAGS.se_reduction,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a command.
+
+
+class QuietLogs(py_logging.Filter):
+    """Orbax logs every save at INFO (dozens of lines a run); keep its warnings and errors."""
+
+    def filter(self, record):
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def user_errors():
+    """The exception types reported as one line (imported here, not above: see the docstring)."""
+    from vit_se.checkpoint import CheckpointError
+    from vit_se.datasets.common import BadImagesError
+
+    return (Error, CheckpointError, BadImagesError, FileNotFoundError)
+
+
+def run(main, name):
+    """`app.run(main)` with the shared log filter and error handler; `name` prefixes errors."""
+
+    def wrapped(argv):
+        logging.get_absl_handler().addFilter(QuietLogs())
+        import tensorflow as tf
+
+        tf.config.set_visible_devices([], "GPU")
+        errors = user_errors()
+        try:
+            return main(argv)
+        except errors as e:
+            logging.flush()
+            print(f"vit_se.{name}: {e}", file=sys.stderr, flush=True)
+            sys.exit(getattr(e, "exit_code", 1))
+
+    app.run(wrapped)
+
+
+def resolve_config_paths(argv, names=("config",)):
+    """argv with `--NAME=PATH[:ARG]` pointing at a file that exists.
+
+    A path that does not exist where the command runs (e.g. `configs/sfew.py` from another
+    folder, or with vit_se installed from a wheel) is looked up among the config files installed
+    with vit_se (`vit_se.configs`); one that exists nowhere stops the command with one line.
+    """
+    import vit_se.configs
+
+    installed = os.path.dirname(vit_se.configs.__file__)
+    out = []
+    for item in argv:
+        for name in names:
+            prefix = f"--{name}="
+            if not item.startswith(prefix):
+                continue
+            path, sep, arg = item[len(prefix) :].partition(":")
+            if not os.path.exists(path):
+                candidate = os.path.join(installed, os.path.basename(path))
+                if not os.path.isfile(candidate):
+                    sys.exit(
+                        f"--{name}: config file {path} does not exist (nor {candidate} among "
+                        "the installed configs)"
+                    )
+                item = f"{prefix}{candidate}{sep}{arg}"
+        out.append(item)
+    return out
