@@ -83,7 +83,9 @@ def get_config():
     config.test_split = ""
     config.num_classes = 7
     config.image_size = 224
-    config.face_crop = False
+    # Face crop before caching, the same at inference (export.json): 'none', 'haar' (OpenCV Haar
+    # box) or 'aligned' (MTCNN 5-point alignment); vit_se.datasets.faces. True/False as before.
+    config.face_crop = "none"
     # k-fold builders (CK+, JAFFE): a fold number replaces train_split / test_split.
     config.fold = ml_collections.config_dict.placeholder(int)
     config.num_folds = 10

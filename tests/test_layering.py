@@ -16,6 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = [
     # Facts, files and errors: no vit_se imports above this line.
     ["errors", "metrics", "model_configs", "optim", "sharding", "datasets", "datasets.labels"],
+    # Face detection and alignment: below every builder, the pipeline and inference.
+    ["datasets.faces"],
     ["workdir", "configs.common", "datasets.common", "datasets.registry"],
     ["datasets.synthetic_faces"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
@@ -26,10 +28,10 @@ LAYERS = [
     ["checkpoint"],
     # Steps, data and the pieces every evaluator shares.
     ["train_step", "eval_step", "input_pipeline"],
-    ["config_checks", "attention", "figures", "reports", "preemption", "run_lock"],
+    ["config_checks", "attention", "figures", "reports", "preemption", "run_lock", "tracking"],
     ["state_checkpoints"],
     # The trainer; a trained model back from disk.
-    ["train", "inference"],
+    ["train", "inference", "export_onnx", "export_safetensors"],
     # The command layer.
     ["cli"],
     # Commands.

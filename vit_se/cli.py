@@ -107,12 +107,31 @@ def define_model_flags():
     flags.DEFINE_integer("image_size", 224, "Input size of the --npz model.")
     flags.DEFINE_bool("use_se", False, "The --npz model has the SE block (a vit_se fine-tune).")
     flags.DEFINE_integer("se_reduction", 4, "SE reduction of the --npz model.")
-    flags.DEFINE_bool(
-        "face_crop",
-        False,
-        "Face-crop inputs for the --npz model (a run's export says itself whether it was "
-        "trained on face crops).",
+    flags.DEFINE_flag(
+        flags.Flag(
+            FaceCropParser(),
+            flags.ArgumentSerializer(),
+            "face_crop",
+            "none",
+            "Face crop of the --npz model's inputs: none, haar or aligned (README, "
+            "'Preprocessing'); a bare --face_crop is haar, --noface_crop none. A run's export "
+            "says itself how it was trained.",
+            boolean=True,
+        )
     )
+
+
+class FaceCropParser(flags.ArgumentParser):
+    """`--face_crop[=MODE]`: a mode of `vit_se.datasets.faces`, or a boolean as before (a bare
+    flag is 'true', hence 'haar'; `--noface_crop` is 'false', hence 'none')."""
+
+    def parse(self, argument):
+        from vit_se.datasets import faces
+
+        return faces.face_crop_mode(argument, "--face_crop")
+
+    def flag_type(self):
+        return "face crop mode"
 
 
 def _labels_from_flags():

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from vit_se import checkpoint, model_configs, models, workdir
-from vit_se.datasets import common
+from vit_se.datasets import common, faces
 from vit_se.input_pipeline import eval_transform
 
 
@@ -59,11 +59,12 @@ def load_trained(run_dir, params_file=None):
 
 
 def load_official(
-    path, variant, class_names, image_size=224, use_se=False, face_crop=False, **model_overrides
+    path, variant, class_names, image_size=224, use_se=False, face_crop="none", **model_overrides
 ):
     """An official-format (or exported) .npz plus a label list, e.g. a fine-tuned vit_jax file.
 
-    Evaluated as vit_jax evaluates: the whole image resized to `image_size`.
+    Evaluated as vit_jax evaluates: the whole image resized to `image_size`, after the face crop
+    `face_crop` names ('none', 'haar', 'aligned'; True/False as 'haar'/'none').
     """
     config = model_configs.get_config(variant, use_se=use_se)
     for k, v in model_overrides.items():
@@ -73,7 +74,7 @@ def load_official(
         class_names=list(class_names),
         image_size=int(image_size),
         eval_resize=int(image_size),
-        face_crop=bool(face_crop),
+        face_crop=faces.face_crop_mode(face_crop, "--face_crop"),
     )
     model = models.build_model(config, len(class_names))
     params = _load_params(model, path, image_size)
@@ -102,10 +103,43 @@ def read_image(path):
 
 
 def preprocess(image, info: workdir.ExportInfo):
-    """uint8 HxWx{1,3} -> float32 SxSx3 in [-1, 1], with the run's face crop and eval resize."""
+    """uint8 HxWx{1,3} RGB -> float32 SxSx3 in [-1, 1], with the run's face crop and eval resize.
+
+    The face crop is `common.crop_face` in the run's mode, the same function the input pipeline
+    applied before caching (colour order and resize methods: `vit_se.datasets.faces`).
+    """
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
-    if info.face_crop:
-        image, _ = common.face_crop(image)
-    image = tf.constant(image, tf.uint8)
+    if info.face_crop != "none":
+        image, _ = common.crop_face(image, info.face_crop)
+    return to_input(image, info)
+
+
+def to_input(image, info: workdir.ExportInfo):
+    """An already cropped uint8 HxWx{1,3} image -> the model's input (eval resize, [-1, 1])."""
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = tf.constant(np.ascontiguousarray(image), tf.uint8)
     return eval_transform(image, info.image_size, info.eval_resize).numpy()
+
+
+def detector_mode(info: workdir.ExportInfo, requested=None):
+    """The face-crop mode per-face prediction uses: `requested` ('haar' or 'aligned'), else the
+    run's own crop, else 'aligned' (a run trained on whole images still gets one row per face)."""
+    if requested:
+        mode = faces.face_crop_mode(requested, "--detector")
+        if mode == "none":
+            raise ValueError("--detector must be 'haar' or 'aligned', got 'none'")
+        return mode
+    return info.face_crop if info.face_crop != "none" else "aligned"
+
+
+def preprocess_face(image, face, info: workdir.ExportInfo, mode):
+    """One detected face (`faces.Face`) of an RGB image -> the model's input.
+
+    The crop is the one training used for a face of this mode (`faces.crop`: aligned at
+    `faces.ALIGNED_SIZE` by its landmarks, or the Haar box square), then `to_input`.
+    """
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    return to_input(faces.crop(image, face, mode), info)

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_se.datasets import common, registry
+from vit_se.datasets import common, faces, registry
 
 _MEAN_FILL = 127.5
 
@@ -91,12 +91,13 @@ def _decode(encoded):
     return image
 
 
-def _face_crop_encoded(encoded):
-    """Face crop on the encoded bytes, re-encoded losslessly so the result can be cached."""
+def _face_crop_encoded(encoded, mode="haar"):
+    """Face crop (`common.crop_face` in `mode`, the one inference applies) on the encoded bytes,
+    re-encoded losslessly so the result can be cached."""
 
     def crop(data):
         image = common.decode_image(io.BytesIO(data), name="image")
-        cropped, _ = common.face_crop(image)
+        cropped, _ = common.crop_face(image, mode)
         if cropped.shape[-1] == 1:
             cropped = np.repeat(cropped, 3, axis=-1)
         return cropped
@@ -247,8 +248,9 @@ def _encoded(builder, split, face_crop):
         read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
     )
     ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
-    if face_crop:
-        ds = ds.map(lambda im, lb: (_face_crop_encoded(im), lb))
+    mode = faces.face_crop_mode(face_crop)
+    if mode != "none":
+        ds = ds.map(lambda im, lb: (_face_crop_encoded(im, mode), lb))
     return ds.cache()
 
 

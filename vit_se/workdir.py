@@ -33,6 +33,7 @@ import json
 import os
 import tempfile
 
+from vit_se.datasets import faces
 from vit_se.errors import Error
 
 RUN_CONFIG = "config.json"
@@ -218,21 +219,26 @@ def read_run_config(workdir):
 class ExportInfo:
     """export.json: how to build the model, and how to turn a photo into its input.
 
-    Preprocessing at inference is: decode to RGB; when `face_crop`, crop the face as the builders'
-    `common.face_crop` does; resize (antialiased bilinear) to `eval_resize` x `eval_resize`; take
-    the centre `image_size` square (none when the two are equal); scale to [-1, 1].
+    Preprocessing at inference is: decode to RGB; crop the face as `face_crop` says ('none',
+    'haar' or 'aligned': `vit_se.datasets.common.crop_face`, the crop the input pipeline applied
+    in training); resize (antialiased bilinear) to `eval_resize` x `eval_resize`; take the centre
+    `image_size` square (none when the two are equal); scale to [-1, 1]. Files written when
+    `face_crop` was a boolean read as 'haar' (true) and 'none' (false).
     """
 
     model: dict  # a model config (vit_se.model_configs fields)
     class_names: list
     image_size: int
     eval_resize: int
-    face_crop: bool = False
+    face_crop: str = "none"  # a face-crop mode: vit_se.datasets.faces.MODES
     dataset: str | None = None  # what the model was trained on, when vit_se trained it
     dataset_config: str | None = None
     step: int | None = None  # the step of params.npz
     best_step: int | None = None  # the step of best_params.npz
     metrics: dict = dataclasses.field(default_factory=dict)  # final evaluation, by split name
+
+    def __post_init__(self):
+        self.face_crop = faces.face_crop_mode(self.face_crop, "face_crop")
 
     @property
     def num_classes(self):
@@ -258,7 +264,10 @@ class ExportInfo:
         if missing:
             raise WorkdirError(f"{where}: missing {', '.join(missing)}")
         known = {f.name for f in dataclasses.fields(cls)}
-        info = cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            info = cls(**{k: v for k, v in d.items() if k in known})
+        except ValueError as e:
+            raise WorkdirError(f"{where}: {e}") from None
         if int(d.get("num_classes", info.num_classes)) != info.num_classes:
             raise WorkdirError(
                 f"{where}: num_classes {d['num_classes']} but {info.num_classes} class names"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import zlib
 
 import numpy as np
 from absl import logging
 from PIL import Image, ImageFile
+
+from vit_se.datasets import faces
 
 # Truncated files must fail, not be padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -146,85 +147,84 @@ def check_count(dataset_name, split, got, expected):
     return True
 
 
-_THIS_THREAD = threading.local()
-
-
 def _face_detector():
-    """This thread's Haar cascade.
-
-    One CascadeClassifier must not run detectMultiScale in two threads at once: tf.data's parallel
-    map calls face_crop from several, and a shared detector fails at random with OpenCV's
-    "u->urefcount == 0" assertion. Loading the cascade costs a few milliseconds per thread.
-    """
-    detector = getattr(_THIS_THREAD, "face_detector", None)
-    if detector is None:
-        import cv2
-
-        path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-        detector = cv2.CascadeClassifier(path)
-        if detector.empty():
-            raise RuntimeError(f"cannot load the OpenCV face detector from {path}")
-        _THIS_THREAD.face_detector = detector
-    return detector
+    """This thread's Haar cascade (one per thread: see `faces`)."""
+    return faces._haar()
 
 
 def center_square(image):
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return image[top : top + s, left : left + s]
+    return faces.center_square(image)
 
 
-def face_crop(image, margin=0.2):
+def face_crop(image, margin=faces.HAAR_MARGIN):
     """Crops the largest frontal face (OpenCV Haar cascade, shipped in the cv2 wheel).
 
     Returns (crop, found). When no face is found the centre square is returned and `found` is
-    False, so the caller can count the fallbacks and warn once.
+    False, so the caller can count the fallbacks and warn once. `vit_se.datasets.faces` holds the
+    detectors and the other modes ('aligned').
     """
-    gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1).astype(np.uint8)
-    h, w = gray.shape
-    min_side = max(24, min(h, w) // 8)
-    faces = _face_detector().detectMultiScale(
-        np.ascontiguousarray(gray), scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
-    )
-    if len(faces) == 0:
+    found = faces.detect_haar(image)
+    if not found:
         return center_square(image), False
-    x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
-    side = int(round(max(fw, fh) * (1 + 2 * margin)))
-    cx, cy = x + fw // 2, y + fh // 2
-    side = min(side, h, w)
-    top = int(np.clip(cy - side // 2, 0, h - side))
-    left = int(np.clip(cx - side // 2, 0, w - side))
-    return image[top : top + side, left : left + side], True
+    return faces.box_crop(image, found[0].box, margin), True
+
+
+def crop_face(image, mode):
+    """(crop, found) of the largest face in a face-crop mode ('none', 'haar', 'aligned').
+
+    The one crop that the input pipeline (`config.face_crop`) and inference (`export.json`'s
+    `face_crop`) apply, so that a model sees at inference what it saw in training: 'haar' is
+    `face_crop`; 'aligned' is `faces.largest_face_crop` at `faces.ALIGNED_SIZE`.
+    """
+    mode = faces.face_crop_mode(mode, "face crop mode")
+    if mode == "haar":
+        return face_crop(image)
+    return faces.largest_face_crop(image, mode)
 
 
 class FaceCropper:
-    """Applies `face_crop` over a build and warns once with the number of fallbacks."""
+    """Applies a face crop over a build, counts the images with no face found, warns once.
 
-    def __init__(self, dataset_name, enabled, size=None, margin=0.2):
+    `mode` is a face-crop mode ('none', 'haar', 'aligned'; a boolean as in
+    `faces.face_crop_mode`). With `size` every crop is size x size: Haar boxes and fallback
+    centre squares are resized (PIL bicubic), aligned crops are warped straight to it. The
+    fallback for an image with no face found is its centre square; `finish()` returns how many.
+    """
+
+    def __init__(self, dataset_name, mode, size=None, margin=None):
         self.dataset_name = dataset_name
-        self.enabled = enabled
+        self.mode = faces.face_crop_mode(mode, f"{dataset_name}: face crop")
         self.size = size
         self.margin = margin
         self.total = 0
         self.missed = 0
 
+    @property
+    def enabled(self):
+        return self.mode != "none"
+
     def __call__(self, image):
         if not self.enabled:
             return image
         self.total += 1
-        crop, found = face_crop(image, self.margin)
+        if self.mode == "haar":
+            crop, found = face_crop(
+                image, faces.HAAR_MARGIN if self.margin is None else self.margin
+            )
+            if self.size:
+                crop = resize(crop, self.size)
+        else:
+            crop, found = faces.largest_face_crop(image, self.mode, self.size, self.margin)
         if not found:
             self.missed += 1
-        if self.size:
-            crop = resize(crop, self.size)
         return crop
 
     def finish(self):
         if self.enabled and self.missed:
             logging.warning(
-                "%s: no face found in %d of %d images; used the centre crop for those",
+                "%s: no face found (%s) in %d of %d images; used the centre square for those",
                 self.dataset_name,
+                self.mode,
                 self.missed,
                 self.total,
             )
