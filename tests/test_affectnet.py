@@ -211,6 +211,45 @@ def test_facebox_configs_crop_to_the_csv_box(fake_csv, built, config):
     assert np.mean(shifted_errors) > 4 * np.mean(errors)
 
 
+def test_aligned_config_aligns_by_mtcnn_or_the_csv_landmarks(fake_csv, built):
+    """The fake pictures are small cartoons, so MTCNN misses most or all of them: each miss is
+    aligned by the CSV's 68 landmarks (every kept fake row has them) and counted, and its stored
+    landmarks are exactly the CSV's moved by that alignment."""
+    from vit_se.datasets import faces
+
+    _, written = fake_csv
+    builder = built("7class_aligned")
+    assert split_sizes(builder) == {"train": 29, "validation": 14}
+    meta = builder.info.metadata
+    from_csv = 0
+    for split in ("train", "validation"):
+        got = examples(builder, split)
+        for item in kept(written[split], False):
+            ex = got[item.file]
+            assert ex["image"].shape == (affectnet.ALIGNED_SIZE, affectnet.ALIGNED_SIZE, 3)
+            m = faces.similarity_transform(
+                affectnet.five_points(item.landmarks), faces.template(affectnet.ALIGNED_SIZE)
+            )
+            if np.allclose(ex["landmarks"], faces.transform_points(m, item.landmarks), atol=1e-3):
+                from_csv += 1
+    print(f"affectnet/7class_aligned: {meta['face_crop_fallbacks']} of 43 without an MTCNN face")
+    assert meta["face_crop_fallbacks"] == meta["face_crop_from_csv_landmarks"] == from_csv
+    assert from_csv >= 1
+
+
+def test_five_points_of_68_landmarks():
+    points = np.zeros((68, 2), np.float32)
+    points[36:42] = [10, 20]
+    points[42:48] = [30, 20]
+    points[30] = [20, 30]
+    points[48], points[54] = [12, 40], [28, 40]
+    np.testing.assert_allclose(
+        affectnet.five_points(points), [[10, 20], [30, 20], [20, 30], [12, 40], [28, 40]]
+    )
+    points[40] = np.nan
+    assert affectnet.five_points(points) is None
+
+
 def test_facebox_reaching_outside_is_clipped_and_one_outside_is_bad(fake_csv, tmp_path, caplog):
     manual = copy_fake(fake_csv, tmp_path)
     root, written = fake_csv
@@ -354,7 +393,8 @@ def test_missing_images_are_named_in_one_error_or_skipped(fake_csv, tmp_path, ca
     assert "\n" not in message
     for item, csv_file in zip(gone, ("training.csv", "validation.csv"), strict=True):
         assert f"{csv_file} line {item.line}: " in message and item.file in message
-    assert not (tmp_path / "data" / "affectnet" / "7class" / "1.0.0").exists()
+    version = str(affectnet.Builder.VERSION)
+    assert not (tmp_path / "data" / "affectnet" / "7class" / version).exists()
     builder = build(manual, tmp_path / "data2", skip_bad_images=True)
     assert split_sizes(builder) == {"train": 28, "validation": 13}
     assert builder.info.metadata["skipped_images"] == 2

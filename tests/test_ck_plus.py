@@ -127,6 +127,10 @@ def test_config_builds_from_fake_layout(fake, tmp_path, config_name):
     for ex in got.values():
         per_fold[f"fold{ex['fold']}"] += 1
     assert {k: v.num_examples for k, v in builder.info.splits.items()} == per_fold
+    if config.face_size:  # every frame went through the cropper; misses are counted
+        fallbacks = builder.info.metadata["face_crop_fallbacks"]
+        print(f"{config_name}: no face found in {fallbacks} of {len(got)} fake frames")
+        assert 0 <= fallbacks <= len(got)
 
 
 def test_known_sequence_frames_and_rgb_frames_as_gray(fake, tmp_path):

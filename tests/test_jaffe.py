@@ -122,6 +122,29 @@ def test_face_crop_config(fake, tmp_path):
     assert ex["image"].shape == (224, 224, 1)
 
 
+def test_aligned_config_aligns_a_real_face_and_counts_the_rest(fake, tmp_path):
+    """The drawn fake faces are cartoons; one real photograph (skimage's astronaut, gray, at
+    JAFFE's 256x256) is added, and its face must be found and aligned (eyes on the template
+    within 6 px), while every image the detector misses is counted and centre-cropped."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from vit_se.datasets import faces
+
+    manual = copy_fake(fake, tmp_path)
+    photo = common.to_gray(skimage_data.astronaut())
+    photo = common.resize(photo[:400, 50:450], 256)
+    Image.fromarray(photo[..., 0]).save(manual / "jaffe" / "KA.HA9.999.tiff")
+    builder = build(manual, tmp_path / "data", config="aligned224")
+    total = len(fake[1]) + 1
+    assert sum(s.num_examples for s in builder.info.splits.values()) == total
+    fallbacks = builder.info.metadata["face_crop_fallbacks"]
+    print(f"jaffe/aligned224: no face found in {fallbacks} of {total} images (1 real photo)")
+    assert 0 <= fallbacks <= total - 1
+    (real,) = [e for e in examples(builder, "fold0") if e["file_name"] == b"KA.HA9.999.tiff"]
+    assert real["image"].shape == (224, 224, 1)
+    eyes = faces.detect_mtcnn(real["image"])[0].landmarks[:2]
+    assert np.abs(eyes - faces.template(224)[:2]).max() <= 6
+
+
 def test_reads_the_original_archive(fake, tmp_path):
     root, written = fake
     manual = tmp_path / "manual"
@@ -224,5 +247,6 @@ def test_tfds_build_cli(fake, tmp_path):
         env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads((tmp_path / "jaffe" / "original" / "1.0.0" / "dataset_info.json").read_text())
+    version = str(jaffe_dataset_builder.Builder.VERSION)
+    info = json.loads((tmp_path / "jaffe" / "original" / version / "dataset_info.json").read_text())
     assert sum(int(s.get("shardLengths", ["0"])[0]) for s in info["splits"]) == len(fake[1])

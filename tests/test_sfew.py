@@ -77,6 +77,16 @@ def test_frames_face_crop(frames, tmp_path):
     assert 0 <= builder.info.metadata["face_crop_fallbacks"] <= NUM_TRAIN + NUM_VAL
 
 
+def test_frames_aligned(frames, tmp_path):
+    builder = build(frames[0], tmp_path, "frames_aligned")
+    assert split_sizes(builder) == SPLITS
+    assert builder.info.features["image"].shape == (224, 224, 3)
+    check_labels(builder, frames[1])
+    fallbacks = builder.info.metadata["face_crop_fallbacks"]
+    print(f"sfew/frames_aligned: no face found in {fallbacks} of {NUM_TRAIN + NUM_VAL} fake frames")
+    assert 0 <= fallbacks <= NUM_TRAIN + NUM_VAL
+
+
 def test_aligned_from_the_distributed_zips(tmp_path, caplog):
     written = write(tmp_path / "manual", "aligned", archive=True)
     assert sorted(os.listdir(tmp_path / "manual")) == [

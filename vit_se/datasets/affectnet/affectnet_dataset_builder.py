@@ -23,21 +23,32 @@ Layouts, found under the manual dir (the CSV layout wins when both are there):
     `validation` (from val/) and `test` (from test/, when present). It carries no annotations
     beyond the label, so valence and arousal are NaN, the face box is [-1, -1, -1, -1] and the
     landmarks are NaN; its images are usually face crops already, and the `*_facebox` configs
-    refuse it (there is no box to crop to).
+    refuse it (there is no box to crop to); the `*_aligned` configs take its largest face.
 
 Configs: `7class` (default) and `8class` keep the images as distributed; `7class_facebox` and
 `8class_facebox` crop each image to its CSV face box (clipped to the image; a box outside the
-image is reported like an unreadable file). Features: `image` (RGB), `label`, `valence` and
+image is reported like an unreadable file); `7class_aligned` and `8class_aligned` align the face
+of each original photograph by its 5 landmarks to the template of `vit_se.datasets.faces`, at
+ALIGNED_SIZE x ALIGNED_SIZE: the MTCNN face that overlaps the CSV face box most (intersection over
+union at least MIN_BOX_IOU; the largest face for the class-folder variant, which has no boxes).
+When MTCNN finds no such face the CSV's own 68 landmarks give the 5 points (eye centres, nose
+tip, mouth corners) for the same template; a row without landmarks gets the centre square.
+Both fallbacks are counted in `info.metadata['face_crop_fallbacks']` (all images whose face
+MTCNN did not find) and `['face_crop_from_csv_landmarks']` (those of them aligned from the CSV).
+
+Features: `image` (RGB), `label`, `valence` and
 `arousal` (float32, as annotated in [-1, 1]), `face_box` (int32 x, y, width, height in the
 original image), `landmarks` (float32 [68, 2], x and y of the 68 points of the CSV's 136
 semicolon-separated numbers, in the coordinates of the stored image: shifted by the box origin on
-the facebox configs; NaN when the CSV field is empty), `file_name` (subDirectory_filePath, or
+the facebox configs, moved by the alignment's similarity transform on the aligned configs; NaN
+when the CSV field is empty), `file_name` (subDirectory_filePath, or
 `<split folder>/<code>/<file>` for the folder variant).
 
 Storage. A JPEG image (RGB or gray) is stored as its original bytes: re-encoding 290k photographs
 as PNG would make the build several times the size of the download. Other formats (PNG, CMYK
 JPEG, ...) are stored as PNG of their RGB decode; face-box crops as JPEG at quality 95 without
-chroma subsampling (faces are small; 4:2:0 would halve their colour resolution). Every
+chroma subsampling (faces are small; 4:2:0 would halve their colour resolution), and so are
+aligned crops. Every
 image is decoded once while building, so truncated files fail the build (see skip_bad_images).
 
 Sizes. Building ~290k images streams: each split's generator reads its CSV row by row and yields
@@ -64,7 +75,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
-from vit_se.datasets import common, labels
+from vit_se.datasets import common, faces, labels
 
 NAME = "affectnet"
 LISTS_DIR = "Manually_Annotated_file_lists"
@@ -93,6 +104,12 @@ FOLDER_SPLITS = {"train": "train", "val": "validation", "validation": "validatio
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 LOG_EVERY = 10_000
 FACEBOX_JPEG_QUALITY = 95
+ALIGNED_SIZE = 224
+# A detected face is the annotated one when its box overlaps the CSV box at least this much.
+MIN_BOX_IOU = 0.3
+# 68-point (iBUG/Multi-PIE) indices of the 5 alignment points: eye contours (averaged), nose tip,
+# mouth corners; in image order (the subject's right eye is on the image's left).
+LANDMARKS_68_TO_5 = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47), (30,), (48,), (54,))
 NO_BOX = (-1, -1, -1, -1)
 _MAX_DEPTH = 4
 _HINT = (
@@ -116,10 +133,12 @@ _CITATION = """\
 
 @dataclasses.dataclass
 class AffectNetConfig(tfds.core.BuilderConfig):
-    """`contempt`: 8 classes (contempt = 7) instead of 7; `face_box`: crop to the CSV face box."""
+    """`contempt`: 8 classes (contempt = 7) instead of 7; `face_box`: crop to the CSV face box;
+    `align`: align the face by its 5 landmarks (see the module docstring)."""
 
     contempt: bool = False
     face_box: bool = False
+    align: bool = False
 
 
 def _configs():
@@ -136,6 +155,17 @@ def _configs():
                     description=f"{classes[0]} classes, images {what}.",
                 )
             )
+    for contempt in (False, True):
+        classes = "8class" if contempt else "7class"
+        out.append(
+            AffectNetConfig(
+                name=f"{classes}_aligned",
+                contempt=contempt,
+                align=True,
+                description=f"{classes[0]} classes, the face aligned by 5 landmarks (MTCNN; the "
+                f"CSV's when MTCNN misses it), {ALIGNED_SIZE}x{ALIGNED_SIZE}.",
+            )
+        )
     return out
 
 
@@ -312,6 +342,9 @@ class _BuildState:
     reader: common.ImageReader
     skip_lines: dict  # split -> CSV lines (or folder keys) not to generate
     clipped_boxes: int = 0
+    aligned: int = 0  # images aligned (aligned configs)
+    faces_missed: int = 0  # of those, MTCNN found no (matching) face
+    from_csv_landmarks: int = 0  # of those, aligned from the CSV's landmarks instead
 
 
 class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
@@ -321,9 +354,11 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     image (counted in a warning and in `info.metadata['skipped_images']`) instead of failing.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: CSV and class-folder layouts, 7/8 classes, face-box crops.",
+        "1.1.0": "Configs 7class_aligned and 8class_aligned (5-point alignment); other configs "
+        "unchanged.",
     }
     BUILDER_CONFIGS = _configs()
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -465,7 +500,8 @@ The distribution holds a few unreadable files: a build names all of them in one 
         count = 0
         per_class = collections.Counter()
         for item in items:
-            example = self._example(item, state, crop=self.builder_config.face_box)
+            config = self.builder_config
+            example = self._example(item, state, crop=config.face_box, align=config.align)
             if example is None:
                 continue
             count += 1
@@ -482,6 +518,19 @@ The distribution holds a few unreadable files: a build names all of them in one 
         logging.info("%s/%s: split %r: wrote %d examples", NAME, config.name, split, count)
         if split == self._last_split:  # Splits are generated in order: report every bad file.
             self.info.metadata["skipped_images"] = state.reader.finish()
+            if config.align:
+                self.info.metadata["face_crop_fallbacks"] = state.faces_missed
+                self.info.metadata["face_crop_from_csv_landmarks"] = state.from_csv_landmarks
+                if state.faces_missed:
+                    logging.warning(
+                        "%s: MTCNN found no face matching the annotation in %d of %d images; "
+                        "aligned %d of those by the CSV landmarks and used the centre square "
+                        "for the rest",
+                        NAME,
+                        state.faces_missed,
+                        state.aligned,
+                        state.from_csv_landmarks,
+                    )
             if config.face_box:
                 self.info.metadata["face_boxes_clipped"] = state.clipped_boxes
                 if state.clipped_boxes:
@@ -492,7 +541,7 @@ The distribution holds a few unreadable files: a build names all of them in one 
                     )
 
     @staticmethod
-    def _example(item, state, crop):
+    def _example(item, state, crop, align=False):
         """The example of one item, or None when its file is recorded as bad."""
         try:
             data = item.read()
@@ -520,6 +569,11 @@ The distribution holds a few unreadable files: a build names all of them in one 
             "landmarks": landmarks,
             "file_name": item.key,
         }
+        if align:
+            face, matrix = _aligned(_rgb(image), item, landmarks, state)
+            example["image"] = _jpeg(face)
+            example["landmarks"] = faces.transform_points(matrix, landmarks).astype(np.float32)
+            return example
         if not crop:
             example["image"] = data if stored_as_is else _rgb(image)
             return example
@@ -535,10 +589,7 @@ The distribution holds a few unreadable files: a build names all of them in one 
             return None
         if (left, top, right, bottom) != (x, y, x + w, y + h):
             state.clipped_boxes += 1
-        buffer = io.BytesIO()
-        face = Image.fromarray(_rgb(image[top:bottom, left:right]))
-        face.save(buffer, format="JPEG", quality=FACEBOX_JPEG_QUALITY, subsampling=0)
-        example["image"] = buffer.getvalue()
+        example["image"] = _jpeg(_rgb(image[top:bottom, left:right]))
         example["landmarks"] = (landmarks - np.array([left, top], np.float32)).astype(np.float32)
         return example
 
@@ -583,6 +634,45 @@ def _file_items(files, skip):
 def _read_file(path):
     with open(path, "rb") as f:
         return f.read()
+
+
+def _jpeg(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=FACEBOX_JPEG_QUALITY, subsampling=0)
+    return buffer.getvalue()
+
+
+def _iou(a, b):
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
+def five_points(landmarks68):
+    """The 5 alignment points (faces.py's order) of 68 iBUG landmarks; None if any is NaN."""
+    points = np.stack([landmarks68[list(idx)].mean(axis=0) for idx in LANDMARKS_68_TO_5])
+    return None if np.isnan(points).any() else points.astype(np.float64)
+
+
+def _aligned(image, item, landmarks68, state):
+    """(crop, matrix image -> crop) of an aligned config; counts the fallbacks on `state`."""
+    state.aligned += 1
+    found = faces.detect_mtcnn(image)
+    if item.box != NO_BOX:
+        scored = [(_iou(f.box, item.box), f) for f in found]
+        found = [f for iou, f in sorted(scored, key=lambda t: -t[0]) if iou >= MIN_BOX_IOU]
+    if found:
+        return faces.align(image, found[0].landmarks, ALIGNED_SIZE)
+    state.faces_missed += 1
+    points = five_points(landmarks68)
+    if points is not None:
+        state.from_csv_landmarks += 1
+        return faces.align(image, points, ALIGNED_SIZE)
+    return faces.center_square_resized(image, ALIGNED_SIZE)
 
 
 def _rgb(image):

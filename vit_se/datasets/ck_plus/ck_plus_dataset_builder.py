@@ -13,7 +13,9 @@ one channel (RGB reduced to ITU-R 601 luma), so a dataset has one encoding and t
 majority is stored as is. The `ck48_*` configs read the widely shared CK+48 variant instead
 (class folders of 48x48 crops, already the last three frames, no neutral). The `*_face224`
 configs crop the largest face (OpenCV's Haar cascade, shipped inside the cv2 wheel) and resize it
-to 224x224; frames with no face found get the centre square, counted in a warning and in
+to 224x224; the `*_aligned224` configs align the largest MTCNN face of the full frame by its 5
+landmarks to the template of `vit_se.datasets.faces`, at 224x224. Frames with no face found get
+the centre square (resized to 224), counted in a warning and in
 `info.metadata['face_crop_fallbacks']`. Counts that differ from the published ones (327 labelled
 sequences; 981 frames for 8 classes, 927 for 7) are warned with both numbers.
 
@@ -115,7 +117,12 @@ class CkPlusConfig(tfds.core.BuilderConfig):
     ck48: bool = False  # read the CK+48 class folders instead of the sequences
     contempt: bool = False  # 8 classes (contempt = 7) instead of 7
     first_frame_neutral: bool = False
-    face_size: int = 0  # > 0: OpenCV face crop resized to face_size x face_size
+    face_size: int = 0  # > 0: face crop (face_method) to face_size x face_size
+    face_method: str = "haar"  # 'haar' or 'aligned' (vit_se.datasets.faces)
+
+    @property
+    def face_crop(self):
+        return self.face_method if self.face_size else "none"
 
 
 def _configs():
@@ -141,6 +148,17 @@ def _configs():
                         first_frame_neutral=neutral,
                         face_size=224,
                         description=f"{classes}, {what}, face crop (OpenCV Haar) at 224x224.",
+                    )
+                )
+                out.append(
+                    CkPlusConfig(
+                        name=f"{classes}{suffix}_aligned224",
+                        contempt=contempt,
+                        first_frame_neutral=neutral,
+                        face_size=224,
+                        face_method="aligned",
+                        description=f"{classes}, {what}, face aligned by its 5 MTCNN landmarks "
+                        "at 224x224.",
                     )
                 )
     for contempt in (False, True):
@@ -172,10 +190,12 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     `info.metadata['skipped_images']`) instead of failing the build.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: splits fold0..fold9 by subject; last-3-frames protocol with "
         "optional first-frame neutral, 7/8 classes, face-crop and CK+48 configs.",
+        "1.1.0": "Configs 7class_aligned224 and 7class_neutral_aligned224 (MTCNN 5-point "
+        "alignment); other configs unchanged.",
     }
     BUILDER_CONFIGS = _configs()
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -233,7 +253,7 @@ folder instead: DIR/CK+48/{anger,contempt,disgust,fear,happy,sadness,surprise}/S
             raise ValueError(f"{NAME}: folds {empty} have no images under {manual_dir!r}")
         state = _BuildState(
             common.ImageReader(NAME, self._skip_bad_images),
-            common.FaceCropper(NAME, bool(config.face_size), config.face_size),
+            common.FaceCropper(NAME, config.face_crop, config.face_size or None),
         )
         return {
             f"fold{k}": self._generate_examples(folds[k], state, last=k == NUM_FOLDS - 1)

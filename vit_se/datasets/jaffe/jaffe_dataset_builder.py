@@ -5,8 +5,10 @@ through `labels.JAFFE_CODES`, into the canonical order angry, disgust, fear, hap
 neutral (AN DI FE HA SA SU NE). Images are emitted as stored, 256x256 gray with one channel;
 palette tiffs are expanded by their gray palette and any 3-channel file is reduced to luma, so
 every example has the same encoding. The `face224` config crops the largest face (OpenCV's Haar
-cascade, shipped inside the cv2 wheel) and resizes it to 224x224; images with no face found get
-the centre square, counted in a warning and in `info.metadata['face_crop_fallbacks']`. Per-class
+cascade, shipped inside the cv2 wheel) and resizes it to 224x224; `aligned224` aligns the largest
+MTCNN face by its 5 landmarks to the template of `vit_se.datasets.faces` at 224x224. Images with
+no face found get the centre square (resized to 224), counted in a warning and in
+`info.metadata['face_crop_fallbacks']`. Per-class
 counts that differ from the published ones (AN 30, DI 29, FE 32, HA 31, NE 30, SA 31, SU 30) are
 warned with both numbers.
 
@@ -68,9 +70,15 @@ def parse_file_name(name, where=None):
 
 @dataclasses.dataclass
 class JaffeConfig(tfds.core.BuilderConfig):
-    """face_size > 0 crops the face (OpenCV Haar, centre-crop fallback) and resizes to it."""
+    """face_size > 0 crops the face by `face_method` ('haar' or 'aligned', centre-square
+    fallback) to face_size x face_size."""
 
     face_size: int = 0
+    face_method: str = "haar"
+
+    @property
+    def face_crop(self):
+        return self.face_method if self.face_size else "none"
 
 
 class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
@@ -80,10 +88,11 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     `info.metadata['skipped_images']`) instead of failing the build.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: splits fold0..fold9 (one poser each), configs original and "
         "face224.",
+        "1.1.0": "Config aligned224 (MTCNN 5-point alignment); other configs unchanged.",
     }
     BUILDER_CONFIGS = [
         JaffeConfig(name="original", description="Images as stored (256x256, 1 channel)."),
@@ -91,6 +100,13 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
             name="face224",
             face_size=224,
             description="Largest face (OpenCV Haar; centre crop when none is found), 224x224.",
+        ),
+        JaffeConfig(
+            name="aligned224",
+            face_size=224,
+            face_method="aligned",
+            description="Largest face aligned by its 5 MTCNN landmarks (centre crop when none "
+            "is found), 224x224.",
         ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -150,7 +166,7 @@ __MACOSX) are ignored.
         state = _BuildState(
             common.ImageReader(NAME, self._skip_bad_images),
             common.FaceCropper(
-                NAME, bool(self.builder_config.face_size), self.builder_config.face_size
+                NAME, self.builder_config.face_crop, self.builder_config.face_size or None
             ),
         )
         return {

@@ -13,6 +13,9 @@ Configs:
   frames: the 720x576 movie frames of Train/ and Val/, as stored.
   frames_face_crop: the frames cropped to the largest face (OpenCV Haar cascade; centre crop with
     a counted warning when none is found) and resized to 224x224.
+  frames_aligned: the largest MTCNN face of each frame aligned by its 5 landmarks to the
+    template of `vit_se.datasets.faces`, 224x224 (same centre-crop fallback, counted in
+    `info.metadata['face_crop_fallbacks']`).
 Images are RGB; a gray file is repeated to three channels so the feature has one shape.
 """
 
@@ -60,10 +63,16 @@ _CITATION = """\
 
 @dataclasses.dataclass
 class SfewConfig(tfds.core.BuilderConfig):
-    """`aligned` reads the aligned-face release; `face_size` > 0 face-crops frames to that size."""
+    """`aligned` reads the aligned-face release; `face_size` > 0 face-crops frames to that size
+    by `face_method` ('haar' or 'aligned')."""
 
     aligned: bool = False
     face_size: int = 0
+    face_method: str = "haar"
+
+    @property
+    def face_crop(self):
+        return self.face_method if self.face_size else "none"
 
 
 class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
@@ -73,9 +82,10 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
     `info.metadata['skipped_images']`) instead of failing the build.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: train/validation; configs aligned, frames, frames_face_crop.",
+        "1.1.0": "Config frames_aligned (MTCNN 5-point alignment); other configs unchanged.",
     }
     BUILDER_CONFIGS = [
         SfewConfig(
@@ -88,6 +98,13 @@ class Builder(common.SkipBadImages, tfds.core.GeneratorBasedBuilder):
             name="frames_face_crop",
             face_size=224,
             description="Frames cropped to the largest face (Haar; centre-crop fallback), 224x224.",
+        ),
+        SfewConfig(
+            name="frames_aligned",
+            face_size=224,
+            face_method="aligned",
+            description="Largest face of each frame aligned by its 5 MTCNN landmarks "
+            "(centre-crop fallback), 224x224.",
         ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
@@ -131,7 +148,7 @@ at its top or inside one folder. Test/ (no public labels) is not read.
             logging.info("%s: reading split %r from %s", NAME, split, root)
             items[split] = list_class_folders(root)
         reader = common.ImageReader(NAME, self._skip_bad_images)
-        cropper = common.FaceCropper(NAME, bool(cfg.face_size), cfg.face_size)
+        cropper = common.FaceCropper(NAME, cfg.face_crop, cfg.face_size or None)
         return {
             split: self._generate_examples(split, items[split], reader, cropper, last)
             for split, last in (("train", False), ("validation", True))
