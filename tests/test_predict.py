@@ -247,3 +247,122 @@ def test_flag_errors(workdir):
     assert r.stderr.strip().splitlines()[-1] == (
         "vit_se.predict: --out must end with .csv or .json, got 'x.txt'"
     )
+
+
+# ------------------------------------------------------------------------------ per face
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory):
+    """A video of two real faces (the astronaut's, one mirrored) moving towards each other, and
+    one frame of it as an image. The faces move 12 px per frame, under a fifth of their width."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from vit_se.datasets import faces as faces_lib
+
+    photo = skimage_data.astronaut()
+    (face,) = faces_lib.detect_mtcnn(photo)
+    crop = faces_lib.box_crop(photo, face.box, 0.3)
+    crop = cv2.resize(crop, (100, 100), interpolation=cv2.INTER_AREA)
+    root = tmp_path_factory.mktemp("two_faces")
+    frames, truth = [], []
+    for t in range(8):
+        frame = np.full((240, 400, 3), 90, np.uint8)
+        ax, bx = 10 + 12 * t, 290 - 12 * t
+        frame[20:120, ax : ax + 100] = crop
+        frame[130:230, bx : bx + 100] = crop[:, ::-1]
+        frames.append(frame)
+        truth.append((ax, bx))
+    clip = root / "two.avi"
+    write_video(clip, frames)
+    still = root / "still.png"
+    save_image(frames[0], still)
+    return {"clip": str(clip), "still": str(still), "truth": truth, "frames": frames}
+
+
+def test_every_face_gets_a_row_and_keeps_its_track(trained, two_faces):
+    rows = predict.predict_faces(trained, [two_faces["clip"]], batch_size=3, detector="aligned")
+    assert len(rows) == 16, [(r["frame"], r["face"]) for r in rows]
+    assert [r["frame"] for r in rows] == [t for t in range(8) for _ in range(2)]
+    for row in rows:
+        assert list(row) == [*predict.FACE_COLUMNS, *CLASS_NAMES]
+        _check_row(row, CLASS_NAMES)
+    assert {r["track"] for r in rows} == {0, 1}
+    by_track = {k: [r for r in rows if r["track"] == k] for k in (0, 1)}
+    for track in by_track.values():
+        assert [r["frame"] for r in track] == list(range(8))
+        ys = {r["y"] // 110 for r in track}
+        assert len(ys) == 1  # the upper face stays one track, the lower one the other
+        xs = [r["x"] for r in track]
+        step = np.diff(xs)
+        assert np.all(np.abs(np.abs(step) - 12) <= 4), xs  # follows its own face
+    # A row's numbers are the model on that face's crop (`inference.preprocess_face`).
+    from vit_se.datasets import faces as faces_lib
+
+    frame0 = two_faces["frames"][0]
+    found = faces_lib.detect(frame0, "aligned")
+    x = np.stack([inference.preprocess_face(frame0, f, trained.info, "aligned") for f in found])
+    still = predict.predict_faces(trained, [two_faces["still"]], detector="aligned")
+    assert [r["track"] for r in still] == [None, None] and [r["face"] for r in still] == [0, 1]
+    np.testing.assert_allclose(
+        [[r[c] for c in CLASS_NAMES] for r in still], trained.probabilities(x), atol=1e-5
+    )
+
+
+def test_smoothing_is_per_track_and_in_frame_order(trained, two_faces):
+    raw = predict.predict_faces(trained, [two_faces["clip"]], detector="haar")
+    smooth = predict.predict_faces(
+        trained, [two_faces["clip"]], detector="haar", smoothing=("ema", 0.5)
+    )
+    for track in (0, 1):
+        r = np.array([[x[c] for c in CLASS_NAMES] for x in raw if x["track"] == track])
+        s = np.array([[x[c] for c in CLASS_NAMES] for x in smooth if x["track"] == track])
+        assert len(r) >= 4 and len(s) == len(r)  # Haar finds each face in most frames
+        want = [r[0]]
+        for p in r[1:]:
+            want.append(0.5 * p + 0.5 * want[-1])
+        np.testing.assert_allclose(s, want, atol=1e-6)
+
+
+def test_cli_faces_annotates_images_and_videos(workdir, two_faces, tmp_path):
+    out, annotated = tmp_path / "faces.json", tmp_path / "annotated"
+    r = run_module(
+        "vit_se.predict",
+        f"--workdir={workdir}",
+        "--faces",
+        "--detector=aligned",
+        "--smooth=window:3",
+        f"--annotate={annotated}",
+        f"--out={out}",
+        "--progress_every=4",
+        two_faces["still"],
+        two_faces["clip"],
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["detector"] == "aligned" and doc["smoothing"] == "window:3"
+    assert doc["num_predictions"] == 2 + 16 and doc["no_face"] == {}
+    assert doc["columns"] == [*predict.FACE_COLUMNS, *CLASS_NAMES]
+    assert "frame 7 of 8" in r.stderr  # the progress line after the 8th sampled frame
+    assert sorted(os.listdir(annotated)) == ["still.png.annotated.png", "two.avi.annotated.avi"]
+    drawn = cv2.imread(str(annotated / "still.png.annotated.png"))[..., ::-1]
+    assert drawn.shape == two_faces["frames"][0].shape
+    assert np.abs(drawn.astype(int) - two_faces["frames"][0]).max() > 100  # boxes and labels
+    cap = cv2.VideoCapture(str(annotated / "two.avi.annotated.avi"))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == 8
+    assert "wrote 2 annotated file(s)" in r.stdout
+
+
+def test_cli_per_face_flags_need_faces(workdir):
+    r = run_module("vit_se.predict", f"--workdir={workdir}", "--smooth=ema:0.5", "a.png")
+    assert r.returncode == 1
+    assert (
+        r.stderr.strip().splitlines()[-1]
+        == "vit_se.predict: --smooth: per-face options; add --faces"
+    )
+    r = run_module("vit_se.predict", f"--workdir={workdir}", "--faces", "--smooth=ema:2", "a.png")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("vit_se.predict: --smooth must be off,")

@@ -206,3 +206,49 @@ def save_confusion_png(confusion, class_names, path, title=""):
     fig.savefig(buf, format="png")
     workdir.write_bytes(path, buf.getvalue())
     return image
+
+
+# ----------------------------------------------------------------------------------------------
+# Faces and labels drawn onto photographs and video frames (`vit_se.predict --annotate`).
+
+# Distinct colours (RGB) for track ids, cycled: tab10's.
+TRACK_COLOURS = [
+    tuple(int(round(255 * c)) for c in matplotlib.colormaps["tab10"](i)[:3]) for i in range(10)
+]
+
+
+def draw_labels(image, items):
+    """An RGB uint8 copy of `image` with each item drawn: a dict with `text` and optionally
+    `box` (x, y, width, height) and `colour_index` (a track id). An item without a box is
+    written in the top-left corner (whole-image predictions). Drawn with OpenCV on the RGB
+    array, so colours are given in RGB (see `vit_se.datasets.faces` on colour order)."""
+    import cv2
+
+    out = np.ascontiguousarray(np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image)
+    out = out.copy()
+    h, w = out.shape[:2]
+    scale = max(0.4, min(h, w) / 640)
+    thick = max(1, int(round(2 * scale)))
+    line = 0
+    for item in items:
+        colour = TRACK_COLOURS[int(item.get("colour_index") or 0) % len(TRACK_COLOURS)]
+        (tw, th), base = cv2.getTextSize(item["text"], cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        if item.get("box") is None:
+            x, y = 4, 4 + line * (th + base + 6)
+            line += 1
+        else:
+            bx, by, bw, bh = (int(round(v)) for v in item["box"])
+            cv2.rectangle(out, (bx, by), (bx + bw, by + bh), colour, thick)
+            x, y = bx, max(0, by - th - base - 4)
+        cv2.rectangle(out, (x, y), (x + tw + 4, y + th + base + 4), colour, -1)
+        cv2.putText(
+            out,
+            item["text"],
+            (x + 2, y + th + 2),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
+    return out

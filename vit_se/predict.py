@@ -1,4 +1,4 @@
-"""Apply a trained model to image files, folders and videos.
+"""Apply a trained model to image files, folders and videos: per image, or per face.
 
   python -m vit_se.predict --workdir=/tmp/run [--params=params.npz] [--out=preds.csv] \
       photo.jpg faces/ clip.mp4 [--every_nth_frame=5]
@@ -6,17 +6,36 @@
   python -m vit_se.predict --npz=ViT-B_16-fer.npz --variant=B/16 \
       --labels=angry,disgust,fear,happy,sad,surprise,neutral [--use_se] [--image_size=224] images/
 
+  python -m vit_se.predict --workdir=/tmp/run --faces [--detector=aligned] [--smooth=ema:0.3] \
+      --annotate=annotated/ --out=faces.csv group.jpg clip.mp4
+
 Inputs: an image file; a folder (searched recursively for files with an image extension, hidden
 files and folders skipped, sorted); a video file (by extension, read with OpenCV; every Nth frame,
-counted from frame 0, is classified; OpenCV's BGR frames are converted to RGB). Each image goes
-through `inference.preprocess`, i.e. the run's face crop and the very transform evaluation used,
-so the model sees what it saw when it was scored.
+counted from frame 0, is classified; OpenCV's BGR frames are converted to RGB; a progress line
+every --progress_every sampled frames). Each image goes through `inference.preprocess`, i.e. the
+run's face crop and the very transform evaluation used, so the model sees what it saw when it
+was scored.
 
 Output: a table on stdout (file, frame for videos, predicted class, confidence) and, with --out,
 a CSV or JSON file (by extension) with one row per image or sampled frame: `file`, `frame`
 (empty/null for images), `predicted`, `confidence` and one column per class name holding that
 class's probability. The file is written under a temporary name and renamed, so a reader never
 sees half a file.
+
+Per face (--faces): every face the detector finds (--detector: 'aligned', MTCNN with 5-point
+alignment, or 'haar'; default the run's own face crop, else 'aligned') is cropped as training
+cropped a face of that mode (`inference.preprocess_face`) and gets its own row: `file`, `frame`,
+`face` (0 = largest), `track` (videos: the face's identity across frames, `vit_se.tracking`;
+empty for images), the box `x`, `y`, `width`, `height` in pixels of the input, `detector_score`,
+then `predicted`, `confidence` and the class probabilities. --smooth (off by default;
+`window:N` or `ema:ALPHA`) averages each track's probabilities over its sampled frames, and the
+row then holds the smoothed values. Images and frames where no face is found give no row; they
+are counted per file and reported (the table's footer, the JSON's `no_face`).
+
+--annotate DIR writes each input with its predictions drawn (`figures.draw_labels`): images as
+DIR/<name>.annotated.png, videos as DIR/<name>.annotated.avi (MJPG, the source frame rate, every
+frame, each showing the boxes of the latest sampled frame), where <name> is the input's path
+relative to the inputs' common folder. Each file is written whole or not at all.
 
 Unreadable inputs (undecodable image, video that opens to no frame, missing path) are each named
 on one line. By default the command then fails listing all of them and writes nothing (the model
@@ -26,25 +45,46 @@ complete); with --skip_bad they are skipped and counted.
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import json
 import os
+import shutil
+import tempfile
+import time
 
 import numpy as np
 from absl import app, flags, logging
 
-from vit_se import cli, workdir
+from vit_se import cli, tracking, workdir
 from vit_se.datasets.common import BadImagesError
 
 FIXED_COLUMNS = ("file", "frame", "predicted", "confidence")
+FACE_COLUMNS = (
+    "file",
+    "frame",
+    "face",
+    "track",
+    "x",
+    "y",
+    "width",
+    "height",
+    "detector_score",
+    "predicted",
+    "confidence",
+)
+DEFAULT_PROGRESS_EVERY = 100
 
 
 # ------------------------------------------------------------------------------------ inputs
 
 
-def _read_video(path, every_nth_frame):
-    """Yields (frame_index, RGB uint8 frame) for frames 0, N, 2N, ...; raises if none reads."""
+def _read_video(path, every_nth_frame, progress_every=DEFAULT_PROGRESS_EVERY):
+    """Yields (frame_index, RGB uint8 frame) for frames 0, N, 2N, ...; raises if none reads.
+
+    Logs a progress line every `progress_every` sampled frames (0: never).
+    """
     import cv2
 
     if not os.path.isfile(path):
@@ -53,6 +93,8 @@ def _read_video(path, every_nth_frame):
     try:
         if not cap.isOpened():
             raise BadImagesError(f"{path}: cannot open video (OpenCV VideoCapture failed)")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        start = time.time()
         index = 0
         kept = 0
         while True:
@@ -61,6 +103,8 @@ def _read_video(path, every_nth_frame):
                 if not ok:
                     break
                 kept += 1
+                if progress_every and kept % progress_every == 0:
+                    _log_progress(path, index, total, kept, time.time() - start)
                 yield index, np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             elif not cap.grab():  # skipped frames are not decoded
                 break
@@ -71,7 +115,20 @@ def _read_video(path, every_nth_frame):
         cap.release()
 
 
-def iter_inputs(paths, every_nth_frame=1):
+def _log_progress(path, index, total, kept, seconds):
+    of = f" of {total} ({100 * (index + 1) / total:.1f}%)" if total else ""
+    logging.info(
+        "%s: frame %d%s, %d sampled frames in %.0f s (%.2f frames/s)",
+        path,
+        index,
+        of,
+        kept,
+        seconds,
+        kept / max(seconds, 1e-9),
+    )
+
+
+def iter_inputs(paths, every_nth_frame=1, progress_every=DEFAULT_PROGRESS_EVERY):
     """Yields (file, frame or None, uint8 HxWx3 image, error or None) for every input.
 
     A bad file yields one item with the image None and a one-line error naming it. A video that
@@ -82,7 +139,7 @@ def iter_inputs(paths, every_nth_frame=1):
     for path in cli.find_images(paths):
         if cli.is_video(path):
             try:
-                for index, frame in _read_video(path, every_nth_frame):
+                for index, frame in _read_video(path, every_nth_frame, progress_every):
                     yield path, index, frame, None
             except BadImagesError as e:
                 yield path, None, None, str(e)
@@ -116,7 +173,15 @@ def _rows_for(meta, probs, class_names):
     return rows
 
 
-def predict_paths(trained, paths, batch_size=32, every_nth_frame=1, skip_bad=False, bad=None):
+def predict_paths(
+    trained,
+    paths,
+    batch_size=32,
+    every_nth_frame=1,
+    skip_bad=False,
+    bad=None,
+    progress_every=DEFAULT_PROGRESS_EVERY,
+):
     """Classifies images, folders and videos with a `inference.Trained` model.
 
     Args:
@@ -127,6 +192,7 @@ def predict_paths(trained, paths, batch_size=32, every_nth_frame=1, skip_bad=Fal
       skip_bad: skip unreadable inputs (logged with their count) instead of raising.
       bad: optional list; every unreadable input's one-line message is appended to it (and
         then not logged: the caller reports them).
+      progress_every: video progress line every this many sampled frames (0: never).
 
     Returns:
       A list of dicts, one per image or sampled video frame, in input order: file, frame (None
@@ -137,13 +203,8 @@ def predict_paths(trained, paths, batch_size=32, every_nth_frame=1, skip_bad=Fal
     """
     from vit_se import inference
 
-    if batch_size < 1:
-        raise cli.CommandError(f"batch_size must be at least 1, got {batch_size}")
-    if every_nth_frame < 1:
-        raise cli.CommandError(f"every_nth_frame must be at least 1, got {every_nth_frame}")
+    _check_args(trained, batch_size, every_nth_frame, FIXED_COLUMNS)
     class_names = trained.class_names
-    if len(set(class_names) & set(FIXED_COLUMNS)):
-        raise cli.CommandError(f"class names may not be any of {FIXED_COLUMNS}: {class_names}")
     caller_collects = bad is not None
     bad = [] if bad is None else bad
     first_bad = len(bad)
@@ -161,7 +222,7 @@ def predict_paths(trained, paths, batch_size=32, every_nth_frame=1, skip_bad=Fal
         meta.clear()
         batch.clear()
 
-    for path, frame, image, error in iter_inputs(paths, every_nth_frame):
+    for path, frame, image, error in iter_inputs(paths, every_nth_frame, progress_every):
         if error is not None:
             bad.append(error)
             continue
@@ -184,6 +245,235 @@ def predict_paths(trained, paths, batch_size=32, every_nth_frame=1, skip_bad=Fal
     return rows
 
 
+def _check_args(trained, batch_size, every_nth_frame, columns):
+    if batch_size < 1:
+        raise cli.CommandError(f"batch_size must be at least 1, got {batch_size}")
+    if every_nth_frame < 1:
+        raise cli.CommandError(f"every_nth_frame must be at least 1, got {every_nth_frame}")
+    if set(trained.class_names) & set(columns):
+        raise cli.CommandError(f"class names may not be any of {columns}: {trained.class_names}")
+
+
+def predict_faces(
+    trained,
+    paths,
+    batch_size=32,
+    every_nth_frame=1,
+    skip_bad=False,
+    bad=None,
+    detector=None,
+    smoothing=None,
+    iou_threshold=tracking.DEFAULT_IOU_THRESHOLD,
+    no_face=None,
+    progress_every=DEFAULT_PROGRESS_EVERY,
+):
+    """One row per detected face of every image and sampled video frame (see the module doc).
+
+    Args:
+      trained, paths, batch_size, every_nth_frame, skip_bad, bad: as in `predict_paths` (a
+        batch holds faces, possibly of several frames).
+      detector: 'aligned' or 'haar'; None takes `inference.detector_mode` (the run's own crop,
+        else 'aligned').
+      smoothing: None, ('window', N) or ('ema', alpha) (`tracking.parse_smoothing`), applied per
+        video track in frame order.
+      iou_threshold: the tracker's matching threshold.
+      no_face: optional Counter; file -> number of its images/frames without a face.
+      progress_every: video progress line every this many sampled frames.
+
+    Returns:
+      Rows with the FACE_COLUMNS and one probability per class, in input, frame and face order.
+    """
+    from vit_se import inference
+    from vit_se.datasets import faces
+
+    _check_args(trained, batch_size, every_nth_frame, FACE_COLUMNS)
+    mode = inference.detector_mode(trained.info, detector)
+    class_names = trained.class_names
+    caller_collects = bad is not None
+    bad = [] if bad is None else bad
+    first_bad = len(bad)
+    no_face = collections.Counter() if no_face is None else no_face
+    size = trained.image_size
+    rows, pending = [], []
+    tracker, tracked_file = None, None
+
+    def flush():
+        if not pending:
+            return
+        n = len(pending)
+        x = np.zeros((batch_size, size, size, 3), np.float32)
+        x[:n] = np.stack([inp for _, inp in pending])
+        for (i, _), p in zip(pending, trained.probabilities(x)[:n], strict=True):
+            rows[i]["_p"] = p
+        pending.clear()
+
+    for path, frame, image, error in iter_inputs(paths, every_nth_frame, progress_every):
+        if error is not None:
+            bad.append(error)
+            continue
+        if len(bad) > first_bad and not skip_bad:
+            continue  # failing anyway: keep reading only to list every bad input
+        found = faces.detect(image, mode)
+        if frame is not None and tracked_file != path:
+            tracker = tracking.IoUTracker(iou_threshold)
+            tracked_file = path
+        if not found:
+            no_face[path] += 1
+            if frame is not None:
+                tracker.update([])
+            continue
+        ids = tracker.update([f.box for f in found]) if frame is not None else [None] * len(found)
+        for k, (face, track) in enumerate(zip(found, ids, strict=True)):
+            rows.append(
+                {
+                    "file": path,
+                    "frame": frame,
+                    "face": k,
+                    "track": track,
+                    "x": round(float(face.box[0]), 1),
+                    "y": round(float(face.box[1]), 1),
+                    "width": round(float(face.box[2]), 1),
+                    "height": round(float(face.box[3]), 1),
+                    "detector_score": round(float(face.score), 4),
+                }
+            )
+            pending.append(
+                (len(rows) - 1, inference.preprocess_face(image, face, trained.info, mode))
+            )
+            if len(pending) == batch_size:
+                flush()
+    flush()
+
+    new_bad = bad[first_bad:]
+    if new_bad and not skip_bad:
+        raise BadImagesError(
+            f"{len(new_bad)} unreadable input(s) (pass --skip_bad to skip them):\n"
+            + "\n".join(new_bad)
+        )
+    if new_bad and not caller_collects:
+        logging.warning("skipped %d unreadable input(s): %s", len(new_bad), "; ".join(new_bad))
+    smoother = tracking.Smoother(smoothing)
+    for row in rows:
+        p = row.pop("_p")
+        if row["track"] is not None:
+            p = smoother((row["file"], row["track"]), p)
+        k = int(np.argmax(p))
+        row["predicted"] = class_names[k]
+        row["confidence"] = float(p[k])
+        row.update({name: float(v) for name, v in zip(class_names, p, strict=True)})
+    return rows
+
+
+# ------------------------------------------------------------------------------------ annotate
+
+
+def _label_text(row):
+    track = "" if row.get("track") is None else f"#{row['track']} "
+    return f"{track}{row['predicted']} {row['confidence']:.2f}"
+
+
+def _items(rows):
+    return [
+        {
+            "text": _label_text(r),
+            "box": (r["x"], r["y"], r["width"], r["height"]) if "x" in r else None,
+            "colour_index": r.get("track") if r.get("track") is not None else r.get("face", 0),
+        }
+        for r in rows
+    ]
+
+
+def annotated_names(files, out_dir):
+    """input file -> DIR/<path relative to the inputs' common folder>.annotated.{png,avi}."""
+    files = list(dict.fromkeys(files))
+    if not files:
+        return {}
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    out = {}
+    for f in files:
+        rel = os.path.relpath(os.path.abspath(f), root)
+        out[f] = os.path.join(
+            out_dir, rel + (".annotated.avi" if cli.is_video(f) else ".annotated.png")
+        )
+    return out
+
+
+def annotate(rows, out_dir, every_nth_frame=1):
+    """Writes every file of `rows` with its predictions drawn (see the module docstring);
+    returns the paths written. Rows of `predict_paths` (no box) draw the label in a corner."""
+    import cv2
+
+    from vit_se import figures, inference
+
+    by_file = collections.defaultdict(lambda: collections.defaultdict(list))
+    for r in rows:
+        by_file[r["file"]][r["frame"]].append(r)
+    names = annotated_names(list(by_file), out_dir)
+    written = []
+    for path, frames in by_file.items():
+        target = names[path]
+        if not cli.is_video(path):
+            image = figures.draw_labels(inference.read_image(path), _items(frames[None]))
+            ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise cli.CommandError(f"{target}: OpenCV cannot encode PNG")
+            workdir.write_bytes(target, png.tobytes())
+        else:
+            _annotate_video(path, target, frames, every_nth_frame)
+        written.append(target)
+    return written
+
+
+def _annotate_video(path, target, frames, every_nth_frame):
+    """Every frame of the video, each with the rows of the latest sampled frame, as MJPG."""
+    import cv2
+
+    from vit_se import figures
+
+    cap = cv2.VideoCapture(path)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    local_dir = (
+        tempfile.gettempdir() if "://" in target else os.path.dirname(os.path.abspath(target))
+    )
+    os.makedirs(local_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local_dir, prefix=f".{os.path.basename(target)}.", suffix=".avi")
+    os.close(fd)
+    writer = None
+    try:
+        index = 0
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            sampled = index - index % every_nth_frame
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            drawn = figures.draw_labels(rgb, _items(frames.get(sampled, [])))
+            if writer is None:
+                h, w = drawn.shape[:2]
+                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+                if not writer.isOpened():
+                    raise cli.CommandError(f"{target}: OpenCV cannot write an MJPG video")
+            writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            index += 1
+        if writer is None:
+            raise BadImagesError(f"{path}: cannot read any frame of the video")
+        writer.release()
+        writer = None
+        if "://" in target:
+            with open(tmp, "rb") as src, workdir.atomic_open(target) as dst:
+                shutil.copyfileobj(src, dst)
+            os.remove(tmp)
+        else:
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 # ------------------------------------------------------------------------------------ output
 
 
@@ -191,18 +481,39 @@ def _fmt_frame(frame):
     return "" if frame is None else str(frame)
 
 
+def _columns(rows):
+    return FACE_COLUMNS if rows and "face" in rows[0] else FIXED_COLUMNS
+
+
 def format_table(rows):
-    """Plain-text table: file, frame (only if a video is among the inputs), class, confidence."""
+    """Plain-text table: file, frame (only if a video is among the inputs), face, track and box
+    (per-face rows), class, confidence."""
     with_frames = any(r["frame"] is not None for r in rows)
-    header = ["file"] + (["frame"] if with_frames else []) + ["predicted", "confidence"]
-    body = [
-        [r["file"]]
-        + ([_fmt_frame(r["frame"])] if with_frames else [])
-        + [r["predicted"], f"{r['confidence']:.4f}"]
-        for r in rows
-    ]
+    per_face = _columns(rows) == FACE_COLUMNS
+    with_tracks = per_face and any(r["track"] is not None for r in rows)
+    header = (
+        ["file"]
+        + (["frame"] if with_frames else [])
+        + (["face"] if per_face else [])
+        + (["track"] if with_tracks else [])
+        + (["box"] if per_face else [])
+        + ["predicted", "confidence"]
+    )
+
+    def cells(r):
+        box = f"{r['x']:.0f},{r['y']:.0f},{r['width']:.0f}x{r['height']:.0f}" if per_face else ""
+        return (
+            [r["file"]]
+            + ([_fmt_frame(r["frame"])] if with_frames else [])
+            + ([str(r["face"])] if per_face else [])
+            + ([_fmt_frame(r["track"])] if with_tracks else [])
+            + ([box] if per_face else [])
+            + [r["predicted"], f"{r['confidence']:.4f}"]
+        )
+
+    body = [cells(r) for r in rows]
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(header)]
-    right = {"frame", "confidence"}
+    right = {"frame", "face", "track", "confidence"}
 
     def line(cells):
         return "  ".join(
@@ -213,36 +524,41 @@ def format_table(rows):
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def to_csv(rows, class_names):
+def _cell(value):
+    if value is None:
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def to_csv(rows, class_names, columns=None):
+    columns = list(columns or _columns(rows))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(list(FIXED_COLUMNS) + list(class_names))
+    writer.writerow(columns + list(class_names))
     for r in rows:
-        writer.writerow(
-            [r["file"], _fmt_frame(r["frame"]), r["predicted"], repr(r["confidence"])]
-            + [repr(r[c]) for c in class_names]
-        )
+        writer.writerow([_cell(r[c]) for c in columns] + [repr(r[c]) for c in class_names])
     return buf.getvalue()
 
 
-def to_json(rows, class_names, source=None, skipped=()):
+def to_json(rows, class_names, source=None, skipped=(), columns=None, extra=None):
     doc = {
         "source": source or {},
         "class_names": list(class_names),
-        "columns": list(FIXED_COLUMNS) + list(class_names),
+        "columns": list(columns or _columns(rows)) + list(class_names),
         "num_predictions": len(rows),
         "skipped": list(skipped),
+        **(extra or {}),
         "predictions": rows,
     }
     return json.dumps(doc, indent=1) + "\n"
 
 
-def write_predictions(path, rows, class_names, source=None, skipped=()):
+def write_predictions(path, rows, class_names, source=None, skipped=(), columns=None, extra=None):
     lower = path.lower()
     if lower.endswith(".csv"):
-        workdir.write_text(path, to_csv(rows, class_names))
+        workdir.write_text(path, to_csv(rows, class_names, columns))
     elif lower.endswith(".json"):
-        workdir.write_text(path, to_json(rows, class_names, source, skipped))
+        workdir.write_text(path, to_json(rows, class_names, source, skipped, columns, extra))
     else:
         raise cli.CommandError(f"--out must end with .csv or .json, got {path!r}")
 
@@ -255,11 +571,37 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Flags of the command (defined only when run as a program, so others can import this)."""
     cli.define_model_flags()
-    flags.DEFINE_integer("batch_size", 32, "Images per model call.")
+    flags.DEFINE_integer("batch_size", 32, "Images (or faces, with --faces) per model call.")
     flags.DEFINE_integer("every_nth_frame", 1, "Classify video frames 0, N, 2N, ...")
     flags.DEFINE_string("out", None, "Write the predictions to this .csv or .json file.")
     flags.DEFINE_bool("skip_bad", False, "Skip unreadable inputs (counted) instead of failing.")
     flags.DEFINE_bool("quiet", False, "Do not print the table.")
+    flags.DEFINE_bool("faces", False, "One row per detected face instead of per image/frame.")
+    flags.DEFINE_enum(
+        "detector",
+        None,
+        ["aligned", "haar"],
+        "With --faces: 'aligned' (MTCNN, 5-point alignment) or 'haar'. Default: the run's own "
+        "face crop, else aligned.",
+    )
+    flags.DEFINE_string(
+        "smooth",
+        "off",
+        "With --faces, per video track: off, window:N (mean of the last N sampled frames) or "
+        "ema:ALPHA (exponential average, 0 < ALPHA <= 1).",
+    )
+    flags.DEFINE_float(
+        "iou_threshold",
+        tracking.DEFAULT_IOU_THRESHOLD,
+        "With --faces: the box overlap at which a face continues a track of the previous "
+        "sampled frame.",
+    )
+    flags.DEFINE_string("annotate", None, "Write every input with boxes and labels into DIR.")
+    flags.DEFINE_integer(
+        "progress_every",
+        DEFAULT_PROGRESS_EVERY,
+        "Log progress every this many sampled video frames (0: never).",
+    )
 
 
 def main(argv):
@@ -268,25 +610,65 @@ def main(argv):
         raise app.UsageError("name at least one image file, folder or video")
     if FLAGS.out and not FLAGS.out.lower().endswith((".csv", ".json")):
         raise cli.CommandError(f"--out must end with .csv or .json, got {FLAGS.out!r}")
+    try:
+        smoothing = tracking.parse_smoothing(FLAGS.smooth)
+    except ValueError as e:
+        raise cli.CommandError(str(e)) from None
+    if not FLAGS.faces:
+        used = [f"--{n}" for n in ("detector",) if getattr(FLAGS, n)]
+        used += ["--smooth"] if smoothing else []
+        if used:
+            raise cli.CommandError(f"{' and '.join(used)}: per-face options; add --faces")
+    if not 0 < FLAGS.iou_threshold <= 1:
+        raise cli.CommandError(f"--iou_threshold must be in (0, 1], got {FLAGS.iou_threshold}")
     trained = cli.load_model()
     bad = []
-    rows = predict_paths(
-        trained,
-        paths,
+    common_args = dict(
         batch_size=FLAGS.batch_size,
         every_nth_frame=FLAGS.every_nth_frame,
         skip_bad=FLAGS.skip_bad,
         bad=bad,
+        progress_every=FLAGS.progress_every,
     )
+    no_face = collections.Counter()
+    extra = {}
+    if FLAGS.faces:
+        from vit_se import inference
+
+        rows = predict_faces(
+            trained,
+            paths,
+            detector=FLAGS.detector,
+            smoothing=smoothing,
+            iou_threshold=FLAGS.iou_threshold,
+            no_face=no_face,
+            **common_args,
+        )
+        extra = {
+            "detector": inference.detector_mode(trained.info, FLAGS.detector),
+            "smoothing": FLAGS.smooth if smoothing else "off",
+            "no_face": dict(no_face),
+        }
+    else:
+        rows = predict_paths(trained, paths, **common_args)
     if not FLAGS.quiet:
         print(format_table(rows))
+    if no_face:
+        print(
+            f"no face found in {sum(no_face.values())} image(s)/frame(s) of {len(no_face)} file(s):"
+        )
+        for path, n in no_face.items():
+            print(f"  {path}: {n}")
     if bad:
         print(f"skipped {len(bad)} unreadable input(s):")
         for msg in bad:
             print(f"  {msg}")
     if FLAGS.out:
-        write_predictions(FLAGS.out, rows, trained.class_names, trained.source, bad)
+        write_predictions(FLAGS.out, rows, trained.class_names, trained.source, bad, extra=extra)
         print(f"wrote {len(rows)} prediction(s) to {FLAGS.out}")
+    if FLAGS.annotate:
+        written = annotate(rows, FLAGS.annotate, FLAGS.every_nth_frame)
+        print(f"wrote {len(written)} annotated file(s) to {FLAGS.annotate}")
 
 
 if __name__ == "__main__":
