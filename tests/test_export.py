@@ -114,7 +114,7 @@ def test_saved_model_carries_labels_and_preprocessing(trained, exported):
         assert f.read().split("\n") == [*CLASS_NAMES, ""]
     with open(os.path.join(out, "assets", "preprocessing.json")) as f:
         facts = json.load(f)
-    assert facts["image_size"] == 48 and facts["face_crop"] is False
+    assert facts["image_size"] == 48 and facts["face_crop"] == "none"
     # The demo trains with random resized crops: evaluation resizes the whole image, no crop.
     assert facts["eval_resize"] == 48 and "centre" not in facts["resize"]
     assert facts["class_names"] == list(CLASS_NAMES)
@@ -179,3 +179,133 @@ def test_cli_prints_parity_and_never_clobbers(workdir, tmp_path):
     assert r.stderr.strip().splitlines()[-1] == (
         f"vit_se.export: {out} exists; pass --overwrite to replace it"
     )
+
+
+# ------------------------------------------------------------------------------ ONNX, safetensors
+
+
+@pytest.fixture(scope="module")
+def sharp(trained):
+    """The demo model with a scaled head: logits of tens, as real runs give."""
+    rng = np.random.default_rng(3)
+    params = {k: dict(v) if isinstance(v, dict) else v for k, v in trained.params.items()}
+    params["head"]["kernel"] = rng.normal(0, 2.0, params["head"]["kernel"].shape).astype(np.float32)
+    return inference.Trained(trained.model, params, trained.info)
+
+
+@pytest.fixture(scope="module")
+def onnx_and_safetensors(sharp, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("safetensors")
+    out = tmp_path_factory.mktemp("exports") / "portable"
+    report = export.export(sharp, out, formats=("onnx", "safetensors"))
+    return str(out), report
+
+
+def test_onnx_and_safetensors_exports_reload_and_match_jax(sharp, onnx_and_safetensors):
+    from vit_se import export_onnx
+    from vit_se import export_safetensors as est
+
+    out, report = onnx_and_safetensors
+    assert sorted(os.listdir(out)) == [
+        "export_report.json",
+        "labels.txt",
+        "model.onnx",
+        "model.safetensors",
+        "preprocessing.json",
+    ]
+    faces = _faces(sharp)
+    rng = np.random.default_rng(11)
+    sess = export_onnx.session(os.path.join(out, "model.onnx"))
+    state, meta = est.load(os.path.join(out, "model.safetensors"))
+    worst = {"onnx": 0.0, "safetensors": 0.0}
+    # Three batch sizes: the ONNX batch axis is symbolic.
+    for x in (faces, faces[:1], rng.uniform(-1, 1, (3, 48, 48, 3)).astype(np.float32)):
+        want = sharp.logits(x)
+        logits, probs = export_onnx.run(sess, x)
+        assert logits.shape == (len(x), 7)
+        np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-5)
+        worst["onnx"] = max(worst["onnx"], float(np.max(np.abs(logits - want))))
+        got = est.numpy_logits(state, meta, x)
+        worst["safetensors"] = max(worst["safetensors"], float(np.max(np.abs(got - want))))
+    print(f"max |logit diff| vs JAX (|logits| up to {np.abs(want).max():.1f}): {worst}")
+    assert np.abs(sharp.logits(faces)).max() > 5
+    assert worst["onnx"] <= 1e-4 and worst["safetensors"] <= 1e-4
+    assert report["onnx"]["max_abs_logit_diff"] <= 1e-4
+    assert report["safetensors"]["max_abs_logit_diff_numpy"] <= 1e-4
+    assert [n for n in os.listdir(os.path.dirname(out)) if n.startswith(".")] == []
+
+
+def test_safetensors_has_timm_keys_and_layouts(sharp, onnx_and_safetensors):
+    from vit_se import export_safetensors as est
+
+    out, _ = onnx_and_safetensors
+    state, meta = est.load(os.path.join(out, "model.safetensors"))
+    kw = json.loads(meta["timm_kwargs"])
+    d, p = kw["embed_dim"], kw["patch_size"]
+    assert (d, p, kw["depth"], kw["num_classes"]) == (64, 8, 2, 7)
+    assert json.loads(meta["class_names"]) == list(CLASS_NAMES)
+    assert state["patch_embed.proj.weight"].shape == (d, 3, p, p)
+    assert state["cls_token"].shape == (1, 1, d) and state["pos_embed"].shape == (1, 37, d)
+    assert state["blocks.1.attn.qkv.weight"].shape == (3 * d, d)
+    assert state["blocks.1.attn.qkv.bias"].shape == (3 * d,)
+    assert state["blocks.0.mlp.fc1.weight"].shape == (128, d)
+    assert state["head.weight"].shape == (7, d)
+    assert state["se.reduce.weight"].shape == (d // 4, d)
+    # q, k, v in that order: the key third of qkv is the flax key kernel, transposed.
+    key = np.asarray(
+        sharp.params["Transformer"]["encoderblock_1"]["MultiHeadDotProductAttention_0"]["key"][
+            "kernel"
+        ]
+    )
+    np.testing.assert_array_equal(state["blocks.1.attn.qkv.weight"][d : 2 * d], key.reshape(d, d).T)
+    expected = {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed"}
+    expected |= {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+    expected |= {f"se.{n}.{w}" for n in ("reduce", "expand") for w in ("weight", "bias")}
+    for i in range(2):
+        for part in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"):
+            expected |= {f"blocks.{i}.{part}.weight", f"blocks.{i}.{part}.bias"}
+    assert set(state) == expected
+
+
+def test_readme_has_the_timm_loader_snippet():
+    from vit_se import export_safetensors as est
+
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert est.TIMM_LOADER in readme
+
+
+def test_safetensors_logits_match_timm(sharp, onnx_and_safetensors):
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    from vit_se import export_safetensors as est
+
+    out, _ = onnx_and_safetensors
+    x = _faces(sharp, n=3)
+    diff = float(
+        np.max(np.abs(est.timm_logits(os.path.join(out, "model.safetensors"), x) - sharp.logits(x)))
+    )
+    print(f"timm vs JAX: max |logit diff| = {diff:.3g}")
+    assert diff <= 1e-4
+
+
+def test_failed_onnx_check_or_crash_leaves_nothing(trained, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("safetensors")
+    monkeypatch.setattr(export, "ONNX_TOLERANCE", -1.0)
+    with pytest.raises(export.ExportError, match="ONNX logits differ from JAX"):
+        export.export(trained, tmp_path / "a", formats=("onnx",))
+    monkeypatch.undo()
+
+    from vit_se import export_safetensors as est
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(est, "to_bytes", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export.export(trained, tmp_path / "b", formats=("onnx", "safetensors"))
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(export.ExportError, match="--format must list some of"):
+        export.export(trained, tmp_path / "c", formats=("onnx", "pt"))

@@ -1,6 +1,15 @@
-"""Export a trained model to a TensorFlow SavedModel (and TFLite) with jax2tf, and check it.
+"""Export a trained model (SavedModel, TFLite, ONNX, safetensors for PyTorch/timm), checked.
 
   python -m vit_se.export --workdir=/tmp/run [--params=params.npz] --out=/tmp/run_tf [--tflite]
+  python -m vit_se.export --workdir=/tmp/run --out=/tmp/run_export \
+      --format=saved_model,onnx,safetensors
+
+--format (default saved_model) names what goes into the OUT folder: `saved_model` (below),
+`onnx` (`model.onnx`, `vit_se.export_onnx`: input `images` float32 [batch, S, S, 3], outputs
+`logits` and `probabilities`, symbolic batch, opset 20) and `safetensors` (`model.safetensors`,
+`vit_se.export_safetensors`: a timm `VisionTransformer` state dict plus the SE and head weights,
+with the loader snippet TIMM_LOADER). Without saved_model, `labels.txt` and `preprocessing.json`
+lie at the top of OUT instead of in `assets/`.
 
 What the SavedModel holds (`OUT/`):
   - signature `serving_default`: input `images` float32 [batch, S, S, 3] in [-1, 1] (batch is
@@ -25,6 +34,12 @@ not part of the vhlo support yet', TF 2.21). So `model.tflite` is converted (wit
 `TFLiteConverter.from_saved_model`) from a second, fixed-batch SavedModel (batch --tflite_batch,
 default 1, cpu lowering) written to a scratch folder; its signature `serving_default` has the same
 input and output names. No Select-TF (flex) ops are needed.
+
+ONNX and safetensors checks: the written `model.onnx` is run with onnxruntime (CPU) at the same
+two batch sizes, and `model.safetensors` is read back and run by a NumPy forward pass in timm's
+layout (and by timm itself when torch and timm import); each must give JAX's float32 logits within
+1e-4 (ONNX_TOLERANCE, SAFETENSORS_TOLERANCE, TIMM_TOLERANCE). Their reference is the model computed
+in float32 whatever its `dtype`, since both files hold a float32 computation.
 
 Checks (the export fails, leaving nothing at OUT, when one does not hold): the reloaded SavedModel
 (TensorFlow, CPU) and the JAX model (CPU, 'highest' matmul precision, so a GPU's TF32 does not
@@ -53,6 +68,12 @@ from vit_se.errors import Error
 
 SAVED_MODEL_TOLERANCE = 1e-4
 TFLITE_TOLERANCE = 1e-3
+ONNX_TOLERANCE = 1e-4
+SAFETENSORS_TOLERANCE = 1e-4
+TIMM_TOLERANCE = 1e-4
+FORMATS = ("saved_model", "onnx", "safetensors")
+ONNX_FILE = "model.onnx"
+SAFETENSORS_FILE = "model.safetensors"
 PLATFORMS = ("cpu", "cuda", "tpu")
 PREPROCESSING_FILE = "preprocessing.json"
 LABELS_FILE = "labels.txt"
@@ -64,12 +85,14 @@ class ExportError(Error, RuntimeError):
     """The export could not be made or does not match the JAX model."""
 
 
-def _inference_fn(trained):
+def _inference_fn(trained, float32=False):
     import jax
 
     # The SavedModel is lowered for every platform at once: a cuDNN attention call (a GPU-only
     # custom call) would not lower for cpu or tpu, and XLA's attention is the same function.
     model = trained.model.clone(attention_impl="xla")
+    if float32:
+        model = model.clone(dtype="float32")
 
     def fn(params, images):
         logits = model.apply({"params": params}, images)
@@ -85,15 +108,25 @@ def preprocessing_facts(trained):
     facts = {
         "image_size": size,
         "input": f"float32 [batch, {size}, {size}, 3], RGB, values in [-1, 1] (x / 127.5 - 1)",
-        "face_crop": bool(info.face_crop),
+        "face_crop": info.face_crop,
         "eval_resize": info.eval_resize,
         "class_names": trained.class_names,
         "reference": "vit_se.inference.preprocess",
     }
-    if facts["face_crop"]:
+    if info.face_crop == "haar":
         facts["face_crop_method"] = (
             "largest OpenCV Haar frontal face (haarcascade_frontalface_default), square side "
             "1.4x the face box, centre square when no face is found"
+        )
+    elif info.face_crop == "aligned":
+        from vit_se.datasets import faces
+
+        facts["face_crop_method"] = (
+            f"largest MTCNN face (mtcnn package), similarity transform of its 5 landmarks onto "
+            f"the template {faces.template(faces.ALIGNED_SIZE).round(2).tolist()} (left eye, "
+            f"right eye, nose, mouth left, mouth right; image left first) in a "
+            f"{faces.ALIGNED_SIZE}x{faces.ALIGNED_SIZE} crop (cv2.warpAffine, bilinear, black "
+            "border), centre square resized to it when no face is found"
         )
     if info.eval_resize != size:
         facts["resize"] = (
@@ -160,20 +193,54 @@ def convert_tflite(trained, scratch_dir, batch=1):
         shutil.rmtree(fixed, ignore_errors=True)
 
 
-def jax_reference(trained, images):
+def jax_reference(trained, images, float32=False):
     """JAX logits and probabilities on the CPU at 'highest' matmul precision.
 
     The checks compare against this rather than `trained.logits`: on a GPU, JAX's default float32
     matmuls may use TF32, which alone can move B/16 logits by more than the tolerance, while the
-    check runs the SavedModel with TensorFlow on the CPU.
+    check runs the SavedModel with TensorFlow on the CPU. `float32` computes in float32 whatever
+    the model's dtype (the ONNX and safetensors files hold a float32 computation).
     """
     import jax
 
     cpu = jax.devices("cpu")[0]
     with jax.default_device(cpu), jax.default_matmul_precision("highest"):
         params = jax.device_put(trained.params, cpu)
-        out = jax.jit(_inference_fn(trained))(params, images)
+        out = jax.jit(_inference_fn(trained, float32))(params, images)
         return np.asarray(out["logits"]), np.asarray(out["probabilities"])
+
+
+def onnx_diff(path, trained, inputs):
+    """max |logit diff| and max |probability diff| of `path` under onnxruntime vs JAX."""
+    from vit_se import export_onnx
+
+    sess = export_onnx.session(path)
+    dl = dp = 0.0
+    for x in inputs:
+        logits, probs = export_onnx.run(sess, x)
+        ref_logits, ref_probs = jax_reference(trained, x, float32=True)
+        dl = max(dl, float(np.max(np.abs(logits - ref_logits))))
+        dp = max(dp, float(np.max(np.abs(probs - ref_probs))))
+    return dl, dp
+
+
+def safetensors_diffs(path, trained, inputs):
+    """{'numpy': max |logit diff|, 'timm': ... or None} of the file read back vs JAX."""
+    from vit_se import export_safetensors as est
+
+    state, meta = est.load(path)
+    if json.loads(meta["class_names"]) != trained.class_names:
+        raise ExportError(f"{path}: class names {meta['class_names']} != {trained.class_names}")
+    diffs = {"numpy": 0.0, "timm": None}
+    with_timm = est.timm_available()
+    for x in inputs:
+        ref, _ = jax_reference(trained, x, float32=True)
+        got = est.numpy_logits(state, meta, x)
+        diffs["numpy"] = max(diffs["numpy"], float(np.max(np.abs(got - ref))))
+        if with_timm:
+            t = float(np.max(np.abs(est.timm_logits(path, x) - ref)))
+            diffs["timm"] = max(diffs["timm"] or 0.0, t)
+    return diffs
 
 
 def check_inputs(trained, batch_sizes=(4, 1), seed=0):
@@ -245,12 +312,35 @@ def tflite_diff(model_path_or_bytes, trained, inputs):
     )
 
 
-def export(trained, out_dir, *, tflite=False, tflite_batch=1, overwrite=False, source=None):
-    """Exports, checks and atomically installs the SavedModel at out_dir; returns the report.
+def check_formats(formats):
+    """The --format list, validated: known names, each once, at least one."""
+    formats = tuple(f.strip() for f in formats if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats or len(set(formats)) != len(formats):
+        raise ExportError(
+            f"--format must list some of {', '.join(FORMATS)} (each once), got "
+            f"{','.join(formats)!r}"
+        )
+    return formats
 
-    A `gs://` out_dir is built and checked locally, then uploaded file by file with
-    `export_report.json` last: an export without its report is an incomplete one.
+
+def export(
+    trained,
+    out_dir,
+    *,
+    tflite=False,
+    tflite_batch=1,
+    overwrite=False,
+    source=None,
+    formats=("saved_model",),
+):
+    """Exports, checks and atomically installs the export folder at out_dir; returns the report.
+
+    `formats`: some of FORMATS (see the module docstring). A `gs://` out_dir is built and checked
+    locally, then uploaded file by file with `export_report.json` last: an export without its
+    report is an incomplete one.
     """
+    formats = check_formats(formats)
     out_dir = os.fspath(out_dir)
     remote = "://" in out_dir
     out_dir = out_dir if remote else os.path.abspath(out_dir)
@@ -263,62 +353,31 @@ def export(trained, out_dir, *, tflite=False, tflite_batch=1, overwrite=False, s
     scratch = tempfile.mkdtemp(prefix="vit_se_export_")
     try:
         start = time.time()
-        save_saved_model(trained, tmp, assets_dir=scratch)
         inputs = check_inputs(trained)
-        size = trained.image_size
-        dl, dp = saved_model_diff(tmp, trained, inputs)
         report = {
             "source": source or {},
             "class_names": trained.class_names,
-            "image_size": size,
-            "signature": {
-                "name": "serving_default",
-                "inputs": {"images": f"float32 [batch, {size}, {size}, 3] in [-1, 1]"},
-                "outputs": {"probabilities": "float32 [batch, C]", "logits": "float32 [batch, C]"},
-            },
-            "jax2tf": {
-                "native_serialization": True,
-                "platforms": list(PLATFORMS),
-                "polymorphic_shapes": "[None, '(b, ...)']",
-            },
+            "image_size": trained.image_size,
+            "formats": list(formats),
             "check_inputs": "uniform [-1, 1], seed 0, batch sizes "
             + ", ".join(str(len(x)) for x in inputs),
-            "saved_model": {
-                "max_abs_logit_diff": dl,
-                "max_abs_probability_diff": dp,
-                "tolerance": SAVED_MODEL_TOLERANCE,
-            },
         }
-        print(
-            f"SavedModel vs JAX: max |logit diff| = {dl:.3g}, max |probability diff| = {dp:.3g} "
-            f"(tolerance {SAVED_MODEL_TOLERANCE:g})"
-        )
-        if not dl <= SAVED_MODEL_TOLERANCE:
-            raise ExportError(
-                f"SavedModel logits differ from JAX by {dl:.3g} > {SAVED_MODEL_TOLERANCE:g}"
+        if "saved_model" in formats:
+            _export_saved_model(trained, tmp, scratch, inputs, report)
+        else:
+            workdir.write_text(
+                os.path.join(tmp, LABELS_FILE), "".join(f"{n}\n" for n in trained.class_names)
             )
+            workdir.write_text(
+                os.path.join(tmp, PREPROCESSING_FILE),
+                json.dumps(preprocessing_facts(trained), indent=1) + "\n",
+            )
+        if "onnx" in formats:
+            _export_onnx(trained, tmp, inputs, report)
+        if "safetensors" in formats:
+            _export_safetensors(trained, tmp, inputs, report)
         if tflite:
-            flatbuffer = convert_tflite(trained, scratch, batch=tflite_batch)
-            tflite_path = os.path.join(tmp, TFLITE_FILE)
-            with open(tflite_path, "wb") as f:
-                f.write(flatbuffer)
-            tl, tp = tflite_diff(tflite_path, trained, inputs)
-            report["tflite"] = {
-                "file": TFLITE_FILE,
-                "batch": tflite_batch,
-                "max_abs_logit_diff": tl,
-                "max_abs_probability_diff": tp,
-                "tolerance": TFLITE_TOLERANCE,
-                "bytes": len(flatbuffer),
-            }
-            print(
-                f"TFLite vs JAX: max |logit diff| = {tl:.3g}, max |probability diff| = {tp:.3g} "
-                f"(tolerance {TFLITE_TOLERANCE:g}, fixed batch {tflite_batch})"
-            )
-            if not tl <= TFLITE_TOLERANCE:
-                raise ExportError(
-                    f"TFLite logits differ from JAX by {tl:.3g} > {TFLITE_TOLERANCE:g}"
-                )
+            _export_tflite(trained, tmp, scratch, inputs, tflite_batch, report)
         report["seconds"] = round(time.time() - start, 1)
         workdir.write_text(os.path.join(tmp, REPORT_FILE), json.dumps(report, indent=1) + "\n")
         _install(tmp, out_dir)
@@ -328,6 +387,119 @@ def export(trained, out_dir, *, tflite=False, tflite_batch=1, overwrite=False, s
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+def _export_saved_model(trained, tmp, scratch, inputs, report):
+    save_saved_model(trained, tmp, assets_dir=scratch)
+    size = trained.image_size
+    dl, dp = saved_model_diff(tmp, trained, inputs)
+    report["signature"] = {
+        "name": "serving_default",
+        "inputs": {"images": f"float32 [batch, {size}, {size}, 3] in [-1, 1]"},
+        "outputs": {"probabilities": "float32 [batch, C]", "logits": "float32 [batch, C]"},
+    }
+    report["jax2tf"] = {
+        "native_serialization": True,
+        "platforms": list(PLATFORMS),
+        "polymorphic_shapes": "[None, '(b, ...)']",
+    }
+    report["saved_model"] = {
+        "max_abs_logit_diff": dl,
+        "max_abs_probability_diff": dp,
+        "tolerance": SAVED_MODEL_TOLERANCE,
+    }
+    print(
+        f"SavedModel vs JAX: max |logit diff| = {dl:.3g}, max |probability diff| = {dp:.3g} "
+        f"(tolerance {SAVED_MODEL_TOLERANCE:g})"
+    )
+    if not dl <= SAVED_MODEL_TOLERANCE:
+        raise ExportError(
+            f"SavedModel logits differ from JAX by {dl:.3g} > {SAVED_MODEL_TOLERANCE:g}"
+        )
+
+
+def _export_tflite(trained, tmp, scratch, inputs, tflite_batch, report):
+    flatbuffer = convert_tflite(trained, scratch, batch=tflite_batch)
+    tflite_path = os.path.join(tmp, TFLITE_FILE)
+    with open(tflite_path, "wb") as f:
+        f.write(flatbuffer)
+    tl, tp = tflite_diff(tflite_path, trained, inputs)
+    report["tflite"] = {
+        "file": TFLITE_FILE,
+        "batch": tflite_batch,
+        "max_abs_logit_diff": tl,
+        "max_abs_probability_diff": tp,
+        "tolerance": TFLITE_TOLERANCE,
+        "bytes": len(flatbuffer),
+    }
+    print(
+        f"TFLite vs JAX: max |logit diff| = {tl:.3g}, max |probability diff| = {tp:.3g} "
+        f"(tolerance {TFLITE_TOLERANCE:g}, fixed batch {tflite_batch})"
+    )
+    if not tl <= TFLITE_TOLERANCE:
+        raise ExportError(f"TFLite logits differ from JAX by {tl:.3g} > {TFLITE_TOLERANCE:g}")
+
+
+def _export_onnx(trained, tmp, inputs, report):
+    from vit_se import export_onnx
+
+    path = os.path.join(tmp, ONNX_FILE)
+    model = export_onnx.build_model(
+        trained.params, trained.info.model, trained.image_size, trained.class_names
+    )
+    export_onnx.save(model, path)
+    dl, dp = onnx_diff(path, trained, inputs)
+    report["onnx"] = {
+        "file": ONNX_FILE,
+        "opset": export_onnx.OPSET,
+        "inputs": {export_onnx.INPUT: "float32 [batch, S, S, 3] in [-1, 1]"},
+        "outputs": {n: "float32 [batch, C]" for n in export_onnx.OUTPUTS},
+        "runtime": "onnxruntime CPUExecutionProvider",
+        "max_abs_logit_diff": dl,
+        "max_abs_probability_diff": dp,
+        "tolerance": ONNX_TOLERANCE,
+        "bytes": os.path.getsize(path),
+    }
+    print(
+        f"ONNX (onnxruntime) vs JAX: max |logit diff| = {dl:.3g}, max |probability diff| = "
+        f"{dp:.3g} (tolerance {ONNX_TOLERANCE:g})"
+    )
+    if not dl <= ONNX_TOLERANCE:
+        raise ExportError(f"ONNX logits differ from JAX by {dl:.3g} > {ONNX_TOLERANCE:g}")
+
+
+def _export_safetensors(trained, tmp, inputs, report):
+    from vit_se import export_safetensors as est
+
+    path = os.path.join(tmp, SAFETENSORS_FILE)
+    data = est.to_bytes(trained.params, trained.info.model, trained.image_size, trained.class_names)
+    with open(path, "wb") as f:
+        f.write(data)
+    diffs = safetensors_diffs(path, trained, inputs)
+    report["safetensors"] = {
+        "file": SAFETENSORS_FILE,
+        "format": est.FORMAT,
+        "timm_model": est.timm_model_name(trained.info.model, trained.image_size),
+        "max_abs_logit_diff_numpy": diffs["numpy"],
+        "max_abs_logit_diff_timm": diffs["timm"],
+        "tolerance": SAFETENSORS_TOLERANCE,
+        "bytes": len(data),
+    }
+    timm = "timm not installed" if diffs["timm"] is None else f"timm {diffs['timm']:.3g}"
+    print(
+        f"safetensors (timm layout) vs JAX: max |logit diff| = {diffs['numpy']:.3g} (NumPy), "
+        f"{timm} (tolerance {SAFETENSORS_TOLERANCE:g})"
+    )
+    if not diffs["numpy"] <= SAFETENSORS_TOLERANCE:
+        raise ExportError(
+            f"safetensors logits (NumPy, timm layout) differ from JAX by {diffs['numpy']:.3g} > "
+            f"{SAFETENSORS_TOLERANCE:g}"
+        )
+    if diffs["timm"] is not None and not diffs["timm"] <= TIMM_TOLERANCE:
+        raise ExportError(
+            f"safetensors logits under timm differ from JAX by {diffs['timm']:.3g} > "
+            f"{TIMM_TOLERANCE:g}"
+        )
 
 
 def _install(tmp, out_dir):
@@ -371,8 +543,14 @@ FLAGS = flags.FLAGS
 def define_flags():
     """Flags of the command (defined only when run as a program, so others can import this)."""
     cli.define_model_flags()
-    flags.DEFINE_string("out", None, "SavedModel folder to create.")
-    flags.DEFINE_bool("tflite", False, f"Also write {TFLITE_FILE} into the SavedModel folder.")
+    flags.DEFINE_string("out", None, "Export folder to create (the SavedModel's, with it).")
+    flags.DEFINE_list(
+        "format",
+        ["saved_model"],
+        f"What to export, comma-separated: some of {', '.join(FORMATS)} ({ONNX_FILE}, "
+        f"{SAFETENSORS_FILE} in the folder).",
+    )
+    flags.DEFINE_bool("tflite", False, f"Also write {TFLITE_FILE} into the export folder.")
     flags.DEFINE_integer("tflite_batch", 1, "Fixed batch size of the TFLite model.")
     flags.DEFINE_bool("overwrite", False, "Replace --out when it exists.")
     flags.mark_flags_as_required(["out"])
@@ -381,6 +559,7 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
+    formats = check_formats(FLAGS.format)
     if workdir.exists(FLAGS.out) and not FLAGS.overwrite:
         raise ExportError(f"{FLAGS.out} exists; pass --overwrite to replace it")
     trained = cli.load_model()
@@ -391,6 +570,7 @@ def main(argv):
         tflite_batch=FLAGS.tflite_batch,
         overwrite=FLAGS.overwrite,
         source=trained.source,
+        formats=formats,
     )
     print(f"wrote {FLAGS.out}")
 
