@@ -3,7 +3,8 @@
 Two faces moving across frames (and crossing paths vertically apart) keep their ids; a face that
 disappears for a few frames and comes back within `max_missed` keeps its id, later it gets a new
 one; smoothing a noisy probability sequence (0.15 of the mass on the true class 3, the rest
-random, so the raw arg-max flips in most frames) cuts the label flips at least by 3x, and the window and EMA forms compute what they say.
+random, so the raw arg-max flips in most frames) cuts the label flips at least by 3x; the window
+and EMA forms compute what they say.
 """
 
 import numpy as np
