@@ -5,7 +5,8 @@
 
 Selection on PublicTest, report PrivateTest (the usual protocol). The paper gives no FER-2013
 number of its own; ViT-B/16 fine-tunes typically reach about 70-73% on PrivateTest. FER+ labels
-(Barsoum et al. 2016): `--config.dataset_config=ferplus` (plurality vote) or `ferplus_majority`.
+(Barsoum et al. 2016): `--config.dataset_config=ferplus` (plurality vote), `ferplus_majority`, or
+`ferplus_probability` (the trainer learns from the normalised votes, `config.soft_targets`).
 """
 
 from vit_se import model_configs

@@ -89,12 +89,12 @@ def test_crop_none_is_the_whole_image_resized():
 
 def test_five_crop_takes_one_of_five_fixed_crops_of_the_resize():
     encoded, image = _halves()
-    big = 37  # round(256 * 32 / 224): resize_to is in 224-px units
+    big = 37  # resize_to unset: round(256 * 32 / 224), the authors' 256 at 224 px
     resized = tf.image.resize(tf.cast(image, tf.float32), (big, big), antialias=True) / 127.5 - 1
     m = big - 32
     crops = [resized[r : r + 32, c : c + 32].numpy() for r, c in ((0, 0), (0, m), (m, 0), (m, m))]
     crops.append(resized[m // 2 : m // 2 + 32, m // 2 : m // 2 + 32].numpy())
-    config = _plain(crop="five_crop", resize_to=256)
+    config = _plain(crop="five_crop")
     seen = set()
     for index in range(40):
         out = _train_image(config, encoded, index).numpy()
@@ -147,8 +147,9 @@ def test_evaluation_counts_every_example_once(builder):
 
 
 def test_eval_transform_centre_crops_after_five_crop_training():
-    config = _config(crop="five_crop", resize_to=256)
+    config = _config(crop="five_crop")
     assert input_pipeline.eval_resize(config) == 37
+    assert input_pipeline.eval_resize(_config(crop="five_crop", resize_to=40)) == 40  # pixels
     assert input_pipeline.eval_resize(_config(crop="random_resized")) == 32
     _, image = _halves()
     out = input_pipeline.eval_transform(tf.constant(image), 32, 37).numpy()

@@ -24,17 +24,21 @@ import tensorflow_datasets as tfds
 from vit_se.datasets import common, faces, registry
 
 _MEAN_FILL = 127.5
+# Splits stored in more bytes are read from their tfrecords each epoch instead of cached in memory.
+CACHE_MAX_BYTES = 2 * 2**30
 
 
-def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None):
+def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None, **kwargs):
     """Returns the tfds builder of `dataset`, preparing it from `manual_dir` if needed.
+
+    kwargs reach the builder (e.g. skip_bad_images).
 
     Process 0 prepares a shared data dir; the other processes wait for it. A host whose data dir
     is local (not shared) prepares its own copy.
     """
 
     def load():
-        return registry.load_builder(dataset, data_dir=data_dir, config=dataset_config)
+        return registry.load_builder(dataset, data_dir=data_dir, config=dataset_config, **kwargs)
 
     builder = load()
     if jax.process_index() == 0 and not _is_prepared(builder):
@@ -52,7 +56,13 @@ def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None):
 
 def builder_of(config):
     """`load_builder` for a training config's dataset fields."""
-    return load_builder(config.dataset, config.dataset_config, config.data_dir, config.manual_dir)
+    return load_builder(
+        config.dataset,
+        config.dataset_config,
+        config.data_dir,
+        config.manual_dir,
+        skip_bad_images=config.skip_bad_images,
+    )
 
 
 def _is_prepared(builder):
@@ -131,9 +141,8 @@ def eval_transform(image, image_size, eval_resize):
 def eval_resize(config):
     """The resize before the centre crop at evaluation, in pixels, for a training config.
 
-    Five-crop training resizes to `augment.resize_to` (in 224-px units, the authors' 256/224
-    ratio carried to other image sizes) and crops; evaluation takes the centre crop of the same
-    resize. Every other crop mode evaluates the whole image.
+    Five-crop training resizes to `augment.resize_to` and crops; evaluation takes the centre crop
+    of the same resize. Every other crop mode evaluates the whole image.
     """
     if config.augment.crop == "five_crop":
         return _resize_to(config)
@@ -141,8 +150,11 @@ def eval_resize(config):
 
 
 def _resize_to(config):
-    """The five-crop resize size, kept at the authors' 256/224 ratio for other image sizes."""
-    return int(round(config.augment.resize_to * config.image_size / 224))
+    """Five-crop's resize in pixels: `augment.resize_to`, or unset the authors' 256 at 224 px
+    carried to the configured image size."""
+    if config.augment.resize_to is not None:
+        return int(config.augment.resize_to)
+    return int(round(256 * config.image_size / 224))
 
 
 def _seeds(seed, index, n):
@@ -240,18 +252,41 @@ def _cutout(image, side, seed):
 # Datasets.
 
 
-def _encoded(builder, split, face_crop):
+def _encoded(builder, split, face_crop, soft_targets=False, cache_max_bytes=CACHE_MAX_BYTES):
+    """{'image': encoded bytes, 'label'[, 'label_distribution']} of a split, in stored order.
+
+    Cached in memory (so a face crop runs once per example, not once per epoch) unless the split
+    is stored in more than `cache_max_bytes`: AffectNet's 290k photographs would not fit, and
+    reading tfrecords again each epoch costs little next to a train step.
+    """
     ds = builder.as_dataset(
         split=split,
         decoders={"image": tfds.decode.SkipDecoding()},
         shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=False),
     )
-    ds = ds.map(lambda ex: (ex["image"], ex["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+    keys = ("image", "label") + (("label_distribution",) if soft_targets else ())
+    ds = ds.map(lambda ex: {k: ex[k] for k in keys}, num_parallel_calls=tf.data.AUTOTUNE)
     mode = faces.face_crop_mode(face_crop)
     if mode != "none":
-        ds = ds.map(lambda im, lb: (_face_crop_encoded(im, mode), lb))
-    return ds.cache()
+        ds = ds.map(lambda ex: {**ex, "image": _face_crop_encoded(ex["image"], mode)})
+    if _stored_bytes(builder, split) <= cache_max_bytes:
+        ds = ds.cache()
+    return ds
+
+
+def _stored_bytes(builder, split):
+    """The bytes of the split's tfrecords (of the whole split a slice such as train[:90%] is cut
+    from: an upper bound). tfds.even_splits' per-process shares keep the split they cut as
+    `.split`; tfds's own SubSplitInfo.num_bytes is 0 ("unknown") for any slice."""
+    spec = split if isinstance(split, str) else str(split.split)
+    base = [part.split("[", 1)[0].strip() for part in spec.split("+")]
+    return sum(builder.info.splits[name].num_bytes for name in base)
+
+
+def has_soft_targets(builder, config):
+    """Whether training learns from the builder's vote distributions (FER+ probability mode)."""
+    return bool(config.soft_targets) and "label_distribution" in builder.info.features
 
 
 def train_dataset(builder, config, local_batch, start_step=0):
@@ -261,32 +296,34 @@ def train_dataset(builder, config, local_batch, start_step=0):
     if n == 0:
         raise ValueError(f"{config.dataset}: training split {split!r} of this process is empty")
     seed = config.seed * 1000 + jax.process_index()
-    ds = _encoded(builder, split, config.face_crop)
+    soft = has_soft_targets(builder, config)
+    ds = _encoded(builder, split, config.face_crop, soft, config.cache_max_bytes)
     if config.class_balanced:
-        per_class = [
-            ds.filter(lambda _, lb, c=c: tf.equal(lb, c)).repeat()
-            for c in range(config.num_classes)
-        ]
         counts = _class_counts(builder, split, config.num_classes)
         present = [c for c in range(config.num_classes) if counts[c] > 0]
-        ds = tf.data.Dataset.sample_from_datasets(
-            [per_class[c].shuffle(max(counts[c], 1), seed=seed + c) for c in present],
-            seed=seed,
-        )
+        # One endless stream per class, each shuffled within a bounded buffer (AffectNet's happy
+        # class alone is 134k images), drawn from in equal proportions.
+        per_class = [
+            ds.filter(lambda ex, c=c: tf.equal(ex["label"], c))
+            .repeat()
+            .shuffle(min(int(counts[c]), config.shuffle_buffer), seed=seed + c)
+            for c in present
+        ]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
     else:
         ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
     start = start_step * local_batch
     ds = ds.skip(start)
     ds = ds.enumerate(start=start)
-    ds = ds.map(
-        lambda i, ex: {
-            "image": train_preprocess(ex[0], i, config, seed),
-            "label": ex[1],
-        },
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+
+    def prepare(i, ex):
+        out = {"image": train_preprocess(ex["image"], i, config, seed), "label": ex["label"]}
+        if soft:
+            out["label_distribution"] = ex["label_distribution"]
+        return out
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
     return ds.prefetch(config.prefetch)
 
@@ -318,9 +355,9 @@ def eval_dataset(builder, split, local_batch, *, image_size, eval_resize, face_c
     num_batches = max(1, math.ceil(max(sizes) / local_batch))
     ds = _encoded(builder, shards[jax.process_index()], face_crop)
     ds = ds.map(
-        lambda im, lb: {
-            "image": eval_transform(_decode(im), image_size, eval_resize),
-            "label": lb,
+        lambda ex: {
+            "image": eval_transform(_decode(ex["image"]), image_size, eval_resize),
+            "label": ex["label"],
             "mask": tf.constant(1.0),
         },
         num_parallel_calls=tf.data.AUTOTUNE,

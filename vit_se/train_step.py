@@ -56,9 +56,6 @@ def _backbone_mask(params):
     }
 
 
-NONFINITE_MODES = ("stop", "skip_step")
-
-
 def make_train_step(model, tx, lr_schedule, config):
     """(state, batch) -> (state, metrics): one optimizer step on a global batch.
 
