@@ -128,9 +128,15 @@ class ImageReader:
             )
             return len(self.bad)
         raise BadImagesError(
-            f"{self.dataset_name}: {len(self.bad)} unreadable image(s) (set skip_bad_images to "
-            f"skip them): " + "; ".join(self.bad)
+            f"{self.dataset_name}: {len(self.bad)} unreadable image(s) ({SKIP_HINT}): "
+            + "; ".join(self.bad)
         )
+
+
+# Where a user can turn skipping on: the trainer's field, or the builder's keyword.
+SKIP_HINT = (
+    "--config.skip_bad_images=True skips and counts them; builder keyword skip_bad_images=True"
+)
 
 
 def check_count(dataset_name, split, got, expected):

@@ -689,8 +689,7 @@ def _skip_lines(scans, reader):
     if missing and not reader.skip_bad:
         shown = "; ".join(missing[:50]) + ("; ..." if len(missing) > 50 else "")
         raise common.BadImagesError(
-            f"{NAME}: {len(missing)} listed image(s) missing (set skip_bad_images to skip "
-            f"them): {shown}"
+            f"{NAME}: {len(missing)} listed image(s) missing ({common.SKIP_HINT}): {shown}"
         )
     reader.bad.extend(f"{where}: listed but missing" for where in missing)
     return {

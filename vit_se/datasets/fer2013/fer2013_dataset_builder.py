@@ -444,7 +444,8 @@ def _find_ferplus(manual_dir, csv_path):
             return path
     raise FileNotFoundError(
         f"{NAME}/ferplus: FER+ labels {candidates[0]} not found; put fer2013new.csv from "
-        "https://github.com/microsoft/FERPlus beside fer2013.csv"
+        "https://github.com/microsoft/FERPlus beside fer2013.csv (tfds build without --config "
+        "builds every config, the FER+ ones too; --config=csv builds the Kaggle labels alone)"
     )
 
 
