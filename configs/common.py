@@ -86,6 +86,8 @@ def get_config():
     # Face crop before caching, the same at inference (export.json): 'none', 'haar' (OpenCV Haar
     # box) or 'aligned' (MTCNN 5-point alignment); vit_se.datasets.faces. True/False as before.
     config.face_crop = "none"
+    # Skip (and count) images a builder cannot decode instead of failing the build naming them.
+    config.skip_bad_images = False
     # k-fold builders (CK+, JAFFE): a fold number replaces train_split / test_split.
     config.fold = ml_collections.config_dict.placeholder(int)
     config.num_folds = 10
@@ -96,14 +98,22 @@ def get_config():
     config.augment = ml_collections.ConfigDict()
     config.augment.crop = "random_resized"  # 'random_resized', 'five_crop', 'none'
     config.augment.crop_scale = (0.8, 1.0)
-    config.augment.resize_to = 256  # five_crop: resize to this, then one of 5 crops
+    # five_crop: resize to this many pixels, then one of 5 image_size crops; unset: 256 at 224 px,
+    # scaled to the image size (the authors' ratio).
+    config.augment.resize_to = ml_collections.config_dict.placeholder(int)
     config.augment.flip = True
     config.augment.rotation = 0.0  # max degrees, either way
     config.augment.color_jitter = 0.4  # brightness/contrast/saturation strength; 0 disables
     config.augment.grayscale = 0.1  # probability
     config.augment.cutout = 16  # square side in pixels at image_size; 0 disables
     config.class_balanced = False  # resample so every class is equally frequent
-    config.shuffle_buffer = 50_000
+    config.shuffle_buffer = 50_000  # examples; also bounds each class's buffer when balanced
+    # Training splits stored in at most this many bytes are cached in memory (a face crop then
+    # runs once per example); larger ones (AffectNet) are read again each epoch.
+    config.cache_max_bytes = 2 * 2**30
+    # Learn from the builder's vote distributions (`label_distribution`, FER+ probability mode)
+    # when it has them; False: from the arg-max label.
+    config.soft_targets = True
     config.prefetch = 2
 
     # Model: a named variant (vit_se.model_configs.VARIANTS); pick another with the config

@@ -198,7 +198,13 @@ def test_missing_file(tmp_path):
 def test_not_an_npz(tmp_path):
     path = tmp_path / "notes.npz"
     path.write_text("hello")
-    with pytest.raises(checkpoint.CheckpointError, match=r"notes\.npz: not an \.npz checkpoint"):
+    message = (
+        r"notes\.npz: not an \.npz checkpoint \(the file starts with b'hello'; expected a zip\)"
+    )
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load_npz(str(path))
+    path.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match=r"\(the file is empty; expected a zip\)"):
         checkpoint.load_npz(str(path))
 
 

@@ -61,12 +61,12 @@ def _steps(run_dir):
 
 
 def _wait_for_step(proc, step, timeout=300):
-    """Reads the run's output until it logs train metrics at `step` (log_every=1)."""
+    """Reads the run's output until its progress line reaches `step` (log_every=1)."""
     deadline = time.time() + timeout
     seen = []
     for line in proc.stdout:
         seen.append(line)
-        m = re.search(r"\] \[(\d+)\] train/", line)
+        m = re.match(r"step (\d+)/\d+, loss", line)
         if m and int(m.group(1)) >= step:
             return seen
         assert time.time() < deadline, "".join(seen[-20:])

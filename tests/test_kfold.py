@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import once
 
-from vit_se import kfold
+from vit_se import folds, kfold
 from vit_se import workdir as workdir_lib
 from vit_se.configs import raf_db
 from vit_se.datasets import registry
@@ -35,7 +35,7 @@ def _env():
 
 
 def _kfold(workdir, data_root, *args):
-    cmd = [sys.executable, "-m", "vit_se.kfold", f"--workdir={workdir}", *args]
+    cmd = [sys.executable, "-m", "vit_se.kfold", f"--workdir={workdir}"]
     if "--aggregate_only" not in args:
         cmd += [
             "--config=configs/ck_plus.py:tiny/8",
@@ -48,6 +48,7 @@ def _kfold(workdir, data_root, *args):
             "--config.log_every=3",
             "--config.augment.cutout=8",
         ]
+    cmd += args  # after --config: its overrides need it first
     return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -88,7 +89,7 @@ def test_aggregate_table_of_the_finished_folds(cv, data_root):
     with open(os.path.join(workdir, "kfold.json")) as f:
         result = json.load(f)
     assert result["folds_done"] == [0, 1] and result["folds_missing"] == list(range(2, 10))
-    assert result["selection_rule"] == kfold.SELECTION_RULE
+    assert result["selection_rule"] == folds.SELECTION_RULE
     builder = _builder(data_root)
     rows = result["folds"]
     for row in rows:
@@ -136,15 +137,15 @@ def test_no_subject_in_train_and_test(cv, data_root):
             assert json.load(f) == record
     # Independently of kfold.py: the built fold splits share no subject.
     builder = _builder(data_root)
-    subjects = [set(kfold.split_subjects(builder, f"fold{k}")) for k in range(10)]
+    subjects = [set(folds.split_subjects(builder, f"fold{k}")) for k in range(10)]
     for i in range(10):
         for j in range(i):
             assert not subjects[i] & subjects[j], (i, j)
 
 
 def test_a_shared_subject_is_caught(data_root, cv):
-    with pytest.raises(kfold.KFoldError, match="in both"):
-        kfold.check_subjects(_builder(data_root), "fold0+fold1", "fold1")
+    with pytest.raises(folds.KFoldError, match="in both"):
+        folds.check_subjects(_builder(data_root), "fold0+fold1", "fold1")
 
 
 def test_folds_of_different_configs_are_not_aggregated(cv, tmp_path):
@@ -158,13 +159,34 @@ def test_folds_of_different_configs_are_not_aggregated(cv, tmp_path):
     saved["config"]["model"]["use_se"] = False
     with open(path, "w") as f:
         json.dump(saved, f)
-    with pytest.raises(kfold.KFoldError, match="model.use_se"):
-        kfold.aggregate(mixed)
+    with pytest.raises(folds.KFoldError, match="model.use_se"):
+        folds.aggregate(mixed)
 
 
 def test_a_config_without_folds_is_refused(tmp_path):
     config = raf_db.get_config()
-    with pytest.raises(kfold.KFoldError, match="the config names no fold"):
+    with pytest.raises(folds.KFoldError, match="the config names no fold"):
         kfold.run_folds(config, str(tmp_path))
-    with pytest.raises(kfold.KFoldError, match="no finished fold"):
-        kfold.aggregate(str(tmp_path))
+    with pytest.raises(folds.KFoldError, match="no finished fold"):
+        folds.aggregate(str(tmp_path))
+
+
+def test_a_finished_fold_is_kept_and_a_new_config_refused(cv, data_root):
+    workdir, _ = cv
+    fold0 = os.path.join(workdir, "fold0")
+    names = ("config.json", "export.json", "params.npz", "subjects.json")
+
+    def stamps():
+        return {n: os.stat(os.path.join(fold0, n)).st_mtime_ns for n in names}
+
+    before = stamps()
+    r = _kfold(workdir, data_root, "--folds=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"Fold 0: finished in {fold0} with this config; kept as it is" in r.stderr
+    assert stamps() == before  # its records are not rewritten
+    r = _kfold(workdir, data_root, "--folds=0", "--config.model.use_se=False")
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"vit_se.kfold: workdir {fold0} holds a run with another config (")
+    assert "model.use_se: True -> False" in last
+    assert stamps() == before

@@ -15,7 +15,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lowest first. A module may import modules of lower layers only (and its own package).
 LAYERS = [
     # Facts, files and errors: no vit_se imports above this line.
-    ["errors", "metrics", "model_configs", "optim", "sharding", "datasets", "datasets.labels"],
+    [
+        "errors",
+        "choices",
+        "metrics",
+        "model_configs",
+        "optim",
+        "sharding",
+        "datasets",
+        "datasets.labels",
+        "progress",
+    ],
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
     ["workdir", "configs.common", "datasets.common", "datasets.registry"],
@@ -29,15 +39,18 @@ LAYERS = [
     # Steps, data and the pieces every evaluator shares.
     ["train_step", "eval_step", "input_pipeline"],
     ["config_checks", "attention", "figures", "reports", "preemption", "run_lock", "tracking"],
+    ["seeds"],
     ["state_checkpoints"],
     # The trainer; a trained model back from disk.
     ["train", "inference", "export_onnx", "export_safetensors"],
-    # The command layer.
-    ["cli"],
+    # The command layer; the aggregate over folds.
+    ["cli", "folds"],
     # Commands.
-    ["main", "kfold", "evaluate", "predict", "analyze", "export"],
-    # Result grids built from the commands.
+    ["kfold", "evaluate", "predict", "analyze", "export"],
+    # Result grids built from the commands, and the training entry point (--seeds reports runs
+    # the way the grids do).
     ["experiments", "experiments.ablation", "experiments.cross_dataset", "experiments.__main__"],
+    ["main"],
 ]
 # The evaluators sit below the trainer, as in big_vision: using a model never needs training code.
 INFERENCE_COMMANDS = ("evaluate", "predict", "analyze", "export", "inference", "eval_step")

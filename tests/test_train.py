@@ -206,7 +206,10 @@ def _config(**overrides):
             {"dataset": "emotic"},
             r"config\.dataset: unknown dataset 'emotic'; expected one of",
         ),
-        ({"batch_size": 10, "accum_steps": 4}, r"batch_size 10 must split into accum_steps 4"),
+        (
+            {"batch_size": 10, "accum_steps": 4},
+            r"config\.batch_size 10 is not divisible by config\.accum_steps 4",
+        ),
         ({"image_size": 18}, r"image_size 18 is not a multiple of the patch size \(4, 4\)"),
         ({"pretrained_path": "/nonexistent/ViT-B_16.npz"}, r"/nonexistent/ViT-B_16\.npz does not"),
         ({"init_from": "/nonexistent/run"}, r"/nonexistent/run/params\.npz does not exist"),
@@ -240,7 +243,11 @@ def test_any_width_is_a_custom_model_and_a_named_one_keeps_its_name(tmp_path):
 def test_workdir_with_another_models_checkpoint(tmp_path):
     config = _config()
     (tmp_path / "checkpoints" / "100").mkdir(parents=True)
-    identity = {**config_checks.model_identity(config), "hidden_size": 768}
-    workdir.write_run_config(str(tmp_path), config.to_dict(), identity)
-    with pytest.raises(config_checks.ConfigError, match=r"holds checkpoints of another model.*768"):
+    saved = config_checks.resolve(config).to_dict()
+    saved["model"]["hidden_size"] = 768
+    workdir.write_run_config(str(tmp_path), saved, config_checks.model_identity(config))
+    with pytest.raises(
+        config_checks.ConfigError,
+        match=r"holds a run with another config \(model\.hidden_size: 768 -> 32\)",
+    ):
         config_checks.validate(config_checks.resolve(config), str(tmp_path))

@@ -60,8 +60,8 @@ def load_npz(path):
     except Exception as e:  # tf.errors.NotFoundError and friends for gs:// paths
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__})") from None
     if not data.startswith(b"PK"):
-        kind = "empty" if not data else f"starts with {data[:8]!r}"
-        raise CheckpointError(f"{path}: not an .npz checkpoint (file is {kind}; expected a zip)")
+        what = "the file is empty" if not data else f"the file starts with {data[:8]!r}"
+        raise CheckpointError(f"{path}: not an .npz checkpoint ({what}; expected a zip)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -175,10 +175,40 @@ def load_model():
 
 
 class QuietLogs(py_logging.Filter):
-    """Orbax logs every save at INFO (dozens of lines a run); keep its warnings and errors."""
+    """Only vit_se's own INFO lines, and everyone's warnings and errors but EXPECTED ones.
+
+    orbax (every save), clu (every scalar), tfds ("fields differ on disk and in the code") and
+    JAX log at INFO many lines a minute, in which a person looks for the progress line in vain.
+    `--verbose` lets them through.
+    """
+
+    OURS = os.sep + "vit_se" + os.sep
+    # Warnings that say nothing wrong: orbax's for a periodic checkpoint saved between validation
+    # evaluations (it has no metrics to rank by; the best-checkpoint policy expects that).
+    EXPECTED = ("Requested `tracked_metric`; did not provide metrics",)
 
     def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+        if self.OURS in record.pathname:
+            return True
+        verbose = bool(getattr(FLAGS, "verbose", False)) if FLAGS.is_parsed() else False
+        if record.levelno >= py_logging.WARNING:
+            return verbose or not any(text in record.getMessage() for text in self.EXPECTED)
+        return verbose
+
+
+def define_verbose_flag():
+    flags.DEFINE_bool(
+        "verbose", False, "Also show other libraries' INFO logs (orbax, clu, tfds, JAX, TF)."
+    )
+
+
+def quiet_native_logs():
+    """TensorFlow's and libtpu's C++ logs: warnings and errors only, unless --verbose (or the
+    user set the variables). Before TensorFlow or libtpu is loaded to take effect."""
+    if getattr(FLAGS, "verbose", False):
+        return
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL"):
+        os.environ.setdefault(name, "2")
 
 
 def user_errors():
@@ -189,14 +219,52 @@ def user_errors():
     return (Error, CheckpointError, BadImagesError, FileNotFoundError)
 
 
-def run(main, name):
-    """`app.run(main)` with the shared log filter and error handler; `name` prefixes errors."""
+def hide_accelerators_from_tensorflow():
+    """TensorFlow only feeds data: it must not take the GPU memory JAX owns."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+
+
+def _one_line(error):
+    """A flag-parsing error as one line, keeping ml_collections' "did you mean"."""
+    text = str(error)
+    if isinstance(error, KeyError | AttributeError):
+        # ml_collections nests the repr of a KeyError: unwrap its quotes and escapes.
+        while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1].encode().decode("unicode_escape")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    hint = next((line for line in lines[1:] if "did you mean" in line.lower()), None)
+    first = lines[0]
+    if "Traceback (most recent call last)" in text:  # a config file that raised: its error
+        first = f"{first.removesuffix(':')}: {lines[-1]}"
+    if isinstance(error, KeyError | AttributeError) and not first.startswith("config"):
+        first = f"the config has no field {first}"
+    return first + (f" ({hint})" if hint else "")
+
+
+def run(main, name, *, hide_accelerators=True):
+    """`app.run(main)` with the shared log filter and error handler; `name` prefixes errors.
+
+    A flag that does not parse (an unknown `--config.FIELD`, a bad value) is one line too,
+    keeping ml_collections' "did you mean". `hide_accelerators=False` leaves TensorFlow alone, for
+    a command that first checks its config without importing it (`vit_se.main`).
+    """
+
+    def parse(argv):
+        try:
+            return FLAGS(argv)
+        except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+            print(f"vit_se.{name}: {_one_line(e)}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def wrapped(argv):
         logging.get_absl_handler().addFilter(QuietLogs())
-        import tensorflow as tf
-
-        tf.config.set_visible_devices([], "GPU")
+        quiet_native_logs()
+        if hide_accelerators:
+            hide_accelerators_from_tensorflow()
         errors = user_errors()
         try:
             return main(argv)
@@ -205,7 +273,7 @@ def run(main, name):
             print(f"vit_se.{name}: {e}", file=sys.stderr, flush=True)
             sys.exit(getattr(e, "exit_code", 1))
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse)
 
 
 def resolve_config_paths(argv, names=("config",)):

@@ -1,21 +1,58 @@
-"""A training config resolved and checked before any data is read or anything compiled.
+"""A training config resolved and checked before anything is written, read or compiled.
 
-A wrong value should cost a user seconds, not the minutes a B/16 takes to compile or a dataset
-takes to build, so every check that needs neither happens here, each failing with one line that
-names the field. k-fold configs name a fold; `resolve` turns it into the builder's train/test
-splits, so the rest of the trainer only ever sees split strings.
+A wrong value should cost a user a second, not the minutes a B/16 takes to compile or a dataset
+takes to build. Two passes, each failing with one line that names the field and what was
+expected:
+
+- `check_values`: every value on its own and against the others (enumerations, ranges, sizes,
+  divisibility that needs no device, local paths). Pure Python: `vit_se.main` runs it before
+  importing JAX or TensorFlow.
+- `validate`: what needs JAX (the device count) or the run directory: a workdir holding another
+  run is never resumed with a different config (its identity is the whole resolved config minus
+  the fields that may change on resume: paths, logging, evaluation and checkpoint frequencies,
+  a longer training, how the model computes as opposed to what), so its records always describe
+  its weights.
+
+k-fold configs name a fold; `resolve` turns it into the builder's train/test splits, so the rest
+of the trainer only ever sees split strings.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
-import jax
-
-from vit_se import model_configs, workdir
+from vit_se import choices, model_configs, workdir
 from vit_se.datasets import registry
 from vit_se.errors import Error
-from vit_se.train_step import NONFINITE_MODES
+
+# Fields that may differ between a run and its resumption (dotted paths in the config).
+RESUMABLE = (
+    "data_dir",
+    "manual_dir",
+    "pretrained_path",  # read at step 0 only
+    "init_from",
+    "num_train_steps",  # checked against the checkpoint's step instead: only longer
+    "num_epochs",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "profile_steps",
+    "prefetch",
+    "eval_batch_size",
+    "cache_max_bytes",
+    "skip_bad_images",
+    "on_nonfinite",
+    "max_consecutive_skips",
+    "fake_data",
+    "model.name",
+    "model.sow_attention",
+    "model.impl",
+    "model.attention_impl",
+    "model.remat_policy",
+    "model.last_block_token_only",
+)
 
 
 class ConfigError(Error, ValueError):
@@ -23,7 +60,7 @@ class ConfigError(Error, ValueError):
 
 
 def model_identity(config):
-    """What must not change when a run resumes from its checkpoints."""
+    """The model's shape: recorded in config.json for readers of the run directory."""
     m = config.model
     return {
         "hidden_size": int(m.hidden_size),
@@ -58,7 +95,7 @@ def resolve(config, run_dir=None):
     if config.fold is None:
         return config
     if config.dataset not in registry.NAMES:
-        return config  # validate names the dataset
+        return config  # check_values names the dataset
     try:
         config.train_split, config.test_split = registry.fold_splits(
             config.dataset, config.fold, config.num_folds
@@ -68,21 +105,200 @@ def resolve(config, run_dir=None):
     return config
 
 
-def validate(config, run_dir):
-    """Raises ConfigError with one line for each way a resolved config can fail early."""
+# ----------------------------------------------------------------------------------------------
+# Values.
+
+
+def _choice(config, field, allowed):
+    value = _get(config, field)
+    if value not in allowed:
+        raise ConfigError(
+            f"config.{field}: {value!r}; expected one of {', '.join(map(str, allowed))}"
+        )
+
+
+def _get(config, field):
+    for part in field.split("."):
+        config = config[part]
+    return config
+
+
+def _at_least(config, field, low):
+    if _get(config, field) < low:
+        raise ConfigError(f"config.{field} {_get(config, field)} must be at least {low}")
+
+
+def _between(config, field, low, high, high_open=False):
+    value = _get(config, field)
+    if not (low <= value < high if high_open else low <= value <= high):
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"config.{field} {value} must be in [{low}, {high}{bracket}")
+
+
+def check_values(config):
+    """Every field that can be checked without JAX, TensorFlow or the dataset (see the module
+    docstring); raises ConfigError. `config` may be resolved or not."""
     if config.dataset not in registry.NAMES:
         raise ConfigError(
             f"config.dataset: unknown dataset {config.dataset!r}; expected one of "
             f"{', '.join(registry.NAMES)}"
         )
-    if config.on_nonfinite not in NONFINITE_MODES:
+    if config.fold is None and not config.train_split:
+        raise ConfigError("config.train_split is empty; name a split (or a fold for CK+/JAFFE)")
+    if config.fold is not None:
+        _between(config, "fold", 0, config.num_folds, high_open=True)
+    if config.val_split and config.val_split == config.test_split:
         raise ConfigError(
-            f"config.on_nonfinite: {config.on_nonfinite!r}; expected one of "
-            f"{', '.join(NONFINITE_MODES)}"
+            f"config.val_split and config.test_split are both {config.val_split!r}: the split "
+            "that selects the checkpoint cannot be the one reported"
         )
-    if config.max_consecutive_skips < 1:
+    if config.num_classes not in (7, 8):
         raise ConfigError(
-            f"config.max_consecutive_skips {config.max_consecutive_skips} must be at least 1"
+            f"config.num_classes {config.num_classes}; expected 7 (the canonical classes) or 8 "
+            "(with contempt)"
+        )
+    _check_model(config)
+    _check_augment(config)
+    _check_optimisation(config)
+    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        _at_least(config, field, 1)
+    for field in ("eval_batch_size", "shuffle_buffer", "max_consecutive_skips"):
+        _at_least(config, field, 1)
+    for field in ("prefetch", "profile_steps", "fsdp_min_size", "cache_max_bytes"):
+        _at_least(config, field, 0)
+    _choice(config, "param_sharding", choices.PARAM_SHARDINGS)
+    try:
+        re.compile(config.fsdp_pattern)
+    except re.error as e:
+        raise ConfigError(
+            f"config.fsdp_pattern {config.fsdp_pattern!r}: not a regex ({e})"
+        ) from None
+    _choice(config, "selection_metric", choices.SELECTION_METRICS)
+    _choice(config, "on_nonfinite", choices.NONFINITE_MODES)
+    _check_paths(config)
+
+
+def _check_model(config):
+    m = config.model
+    patch = tuple(m.patches.size)
+    if len(patch) != 2 or min(patch) < 1:
+        raise ConfigError(f"config.model.patches.size {patch}; expected two positive sizes")
+    for field in ("hidden_size", "transformer.num_layers", "transformer.num_heads"):
+        _at_least(m, field, 1)
+    _at_least(m, "transformer.mlp_dim", 1)
+    if m.hidden_size % m.transformer.num_heads:
+        raise ConfigError(
+            f"config.model.transformer.num_heads {m.transformer.num_heads} does not divide "
+            f"config.model.hidden_size {m.hidden_size}"
+        )
+    if m.use_se and (
+        m.se_reduction < 1 or (m.representation_size or m.hidden_size) % m.se_reduction
+    ):
+        raise ConfigError(
+            f"config.model.se_reduction {m.se_reduction} must divide the width "
+            f"{m.representation_size or m.hidden_size}"
+        )
+    if m.representation_size is not None and m.representation_size < 1:
+        raise ConfigError(f"config.model.representation_size {m.representation_size} must be >= 1")
+    for field in ("dropout_rate", "attention_dropout_rate", "stochastic_depth"):
+        _between(m, f"transformer.{field}", 0.0, 1.0, high_open=True)
+    for field, allowed in (
+        ("classifier", choices.CLASSIFIERS),
+        ("dtype", choices.DTYPES),
+        ("impl", choices.IMPLS),
+        ("attention_impl", choices.ATTENTION_IMPLS),
+        ("remat_policy", choices.REMAT_POLICIES),
+    ):
+        if m[field] not in allowed:
+            raise ConfigError(
+                f"config.model.{field}: {m[field]!r}; expected one of {', '.join(allowed)}"
+            )
+    size = config.image_size
+    if size < 1 or size % patch[0] or size % patch[1]:
+        raise ConfigError(f"config.image_size {size} is not a multiple of the patch size {patch}")
+
+
+def _check_augment(config):
+    a = config.augment
+    _choice(config, "augment.crop", choices.CROPS)
+    low, high = tuple(a.crop_scale)
+    if not 0 < low <= high <= 1:
+        raise ConfigError(
+            f"config.augment.crop_scale {(low, high)}; expected 0 < low <= high <= 1 (fractions "
+            "of the image area)"
+        )
+    if a.resize_to is not None and a.resize_to < config.image_size:
+        raise ConfigError(
+            f"config.augment.resize_to {a.resize_to} px is smaller than config.image_size "
+            f"{config.image_size}: five-crop resizes to resize_to, then crops image_size"
+        )
+    _between(config, "augment.rotation", 0.0, 180.0)
+    _between(config, "augment.color_jitter", 0.0, 1.0)
+    _between(config, "augment.grayscale", 0.0, 1.0)
+    # The square is clipped at the borders as its centre moves: a side of image_size erases 9/16
+    # of the image on average; a larger square is no longer a cut-out.
+    if not 0 <= a.cutout <= config.image_size:
+        raise ConfigError(
+            f"config.augment.cutout {a.cutout} px must be in [0, image_size {config.image_size}]"
+        )
+
+
+def _check_optimisation(config):
+    _choice(config, "optimizer", choices.OPTIMIZERS)
+    _choice(config, "schedule", choices.SCHEDULES)
+    if not config.learning_rate > 0:
+        raise ConfigError(f"config.learning_rate {config.learning_rate} must be positive")
+    _at_least(config, "batch_size", 1)
+    _at_least(config, "accum_steps", 1)
+    if config.batch_size % config.accum_steps:
+        raise ConfigError(
+            f"config.batch_size {config.batch_size} is not divisible by config.accum_steps "
+            f"{config.accum_steps}"
+        )
+    if config.num_train_steps <= 0 and not config.num_epochs > 0:
+        raise ConfigError(
+            "config.num_epochs must be positive when config.num_train_steps is not "
+            f"(got {config.num_epochs} and {config.num_train_steps})"
+        )
+    for field in ("warmup_steps", "weight_decay", "grad_clip_norm", "freeze_backbone_steps"):
+        _at_least(config, field, 0)
+    _between(config, "momentum", 0.0, 1.0, high_open=True)
+    _between(config, "label_smoothing", 0.0, 1.0, high_open=True)
+    if config.schedule == "step":
+        _between(config, "step_decay_factor", 0.0, 1.0)
+        if not config.step_decay_every_epochs > 0:
+            raise ConfigError(
+                f"config.step_decay_every_epochs {config.step_decay_every_epochs} must be positive"
+            )
+
+
+def _check_paths(config):
+    """Local paths only: a gs:// path needs TensorFlow, and `validate` checks it."""
+    local = config.pretrained_path and "://" not in config.pretrained_path
+    if local and not os.path.isfile(config.pretrained_path):
+        raise ConfigError(f"config.pretrained_path: {config.pretrained_path} does not exist")
+    if config.init_from and "://" not in config.init_from:
+        path = os.path.join(config.init_from, workdir.PARAMS)
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"config.init_from: {path} does not exist; expected the workdir of a finished run"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Devices and the run directory.
+
+
+def validate(config, run_dir):
+    """check_values, then what needs JAX, the builder or the run directory; raises ConfigError."""
+    import jax
+
+    check_values(config)
+    names = registry.config_names(config.dataset)
+    if config.dataset_config is not None and config.dataset_config not in names:
+        raise ConfigError(
+            f"config.dataset_config: {config.dataset_config!r} is not a config of "
+            f"{config.dataset}; expected one of {', '.join(names)}"
         )
     devices = jax.device_count()
     if config.batch_size % devices:
@@ -94,38 +310,92 @@ def validate(config, run_dir):
             f"config.batch_size {config.batch_size} must split into accum_steps "
             f"{config.accum_steps} micro-batches divisible by the {devices} devices"
         )
-    patch = config.model.patches.size
-    if config.image_size % patch[0] or config.image_size % patch[1]:
-        raise ConfigError(
-            f"config.image_size {config.image_size} is not a multiple of the patch size "
-            f"{tuple(patch)}"
-        )
-    if config.model.hidden_size % config.model.transformer.num_heads:
-        raise ConfigError(
-            f"config.model.transformer.num_heads {config.model.transformer.num_heads} does not "
-            f"divide config.model.hidden_size {config.model.hidden_size}"
-        )
     if config.pretrained_path and not workdir.exists(config.pretrained_path):
         raise ConfigError(f"config.pretrained_path: {config.pretrained_path} does not exist")
-    if config.init_from:
-        path = os.path.join(config.init_from, workdir.PARAMS)
-        if not workdir.exists(path):
-            raise ConfigError(
-                f"config.init_from: {path} does not exist; expected the workdir of a finished run"
-            )
-    _check_workdir(config, run_dir)
-
-
-def _check_workdir(config, run_dir):
-    """A workdir holding checkpoints of another model cannot be resumed with this config."""
-    ckpt_dir = os.path.join(run_dir, workdir.CHECKPOINTS)
-    if not (workdir.isdir(ckpt_dir) and workdir.listdir(ckpt_dir)):
-        return
-    old = workdir.read_run_config(run_dir).get("model_identity")
-    new = model_identity(config)
-    if old is not None and old != new:
-        diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    if config.init_from and not workdir.exists(os.path.join(config.init_from, workdir.PARAMS)):
         raise ConfigError(
-            f"workdir {run_dir} holds checkpoints of another model ({diff} as (saved, config)); "
-            "use a new --workdir"
+            f"config.init_from: {os.path.join(config.init_from, workdir.PARAMS)} does not "
+            "exist; expected the workdir of a finished run"
         )
+    check_same_run(config, run_dir)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _ignored(key, fields):
+    return any(key == r or key.startswith(r + ".") for r in fields)
+
+
+def differences(saved, config, also_ignore=()):
+    """['field: saved -> new', ...] between a saved config dict and a config (or its dict), over
+    the fields that make a run what it is: everything but RESUMABLE and `also_ignore`."""
+    ignore = RESUMABLE + tuple(also_ignore)
+    new = config if isinstance(config, dict) else config.to_dict()
+    a = {k: v for k, v in _flat(saved).items() if not _ignored(k, ignore)}
+    b = {k: v for k, v in _flat(new).items() if not _ignored(k, ignore)}
+    return [
+        f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def has_run(run_dir):
+    """Whether the workdir holds checkpoints or an export of a run."""
+    ckpts = os.path.join(run_dir, workdir.CHECKPOINTS)
+    has_ckpts = workdir.isdir(ckpts) and any(
+        n.rstrip("/").isdigit() for n in workdir.listdir(ckpts)
+    )
+    return has_ckpts or workdir.exists(os.path.join(run_dir, workdir.EXPORT_INFO))
+
+
+def check_same_run(config, run_dir):
+    """A workdir that holds a run resumes only with that run's config (see RESUMABLE)."""
+    if not has_run(run_dir):
+        return
+    saved = workdir.read_run_config(run_dir).get("config")
+    if saved is None:
+        return  # a run directory from before config.json: nothing to compare
+    diff = differences(saved, config)
+    if diff:
+        raise ConfigError(
+            f"workdir {run_dir} holds a run with another config ({'; '.join(diff)}); resume it "
+            "with its own config, or use a new --workdir"
+        )
+
+
+def warnings(config, total_steps, steps_per_epoch):
+    """Lines worth a warning: the run can go ahead, but probably not as its author meant."""
+    out = []
+    m = config.model
+    if not config.pretrained_path and not config.init_from and m.hidden_size > 64:
+        out.append(
+            f"config.model ViT-{m.name} (width {m.hidden_size}) starts from random weights: "
+            "FER databases are far too small to train it from scratch; set "
+            "--config.pretrained_path (an official .npz) or --config.init_from (a finished run)"
+        )
+    first_profile = 10  # clu's Profile hook, as the trainer sets it
+    if config.profile_steps and total_steps < first_profile + config.profile_steps:
+        out.append(
+            f"config.profile_steps {config.profile_steps}: the trace starts after step "
+            f"{first_profile} and this run has {total_steps} steps; nothing will be written"
+        )
+    if config.schedule == "step":
+        every = max(int(round(config.step_decay_every_epochs * steps_per_epoch)), 1)
+        decays = max(total_steps - config.warmup_steps - 1, 0) // every
+        final = config.learning_rate * config.step_decay_factor**decays
+        if decays and final < 1e-3 * config.learning_rate:
+            out.append(
+                f"config.schedule 'step' divides the learning rate by "
+                f"{1 / config.step_decay_factor:g} {decays} times: {final:.2g} at the end "
+                f"(from {config.learning_rate:g}); raise step_decay_every_epochs or use cosine"
+            )
+    return out

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from vit_se import cli, eval_step, figures, inference, input_pipeline, sharding, workdir
+from vit_se import cli, eval_step, figures, inference, input_pipeline, reports, sharding, workdir
 from vit_se.datasets import registry
 from vit_se.errors import Error
 
@@ -224,6 +224,42 @@ def default_out(run_dir, dataset, dataset_config, split, params_file):
 def safe_name(text):
     """A split string as a file name: 'train[90%:]' -> 'train_90pct_'."""
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text.replace("%", "pct"))
+
+
+def reported(cfg, run_dir, select="best"):
+    """What one finished (non-k-fold) run reports, under the selection rule it states.
+
+    With a val_split and a test_split: the checkpoint selected on val_split (best_params.npz),
+    evaluated on test_split (`select='final'`: the final step's test metrics); with a test split
+    only: the final step on it; with neither: the final step on val_split.
+    """
+    info = workdir.read_export_info(run_dir)
+    best = os.path.join(run_dir, workdir.BEST_PARAMS)
+    if cfg.test_split and cfg.val_split and select == "best":
+        if not workdir.exists(best):
+            raise EvaluationError(f"{run_dir}: no {workdir.BEST_PARAMS} to report")
+        m = evaluate_workdir(run_dir, split=cfg.test_split, params_file=workdir.BEST_PARAMS)
+        rule = f"best on {cfg.val_split} (step {info.best_step}), reported on {cfg.test_split}"
+        split = cfg.test_split
+    elif cfg.test_split:
+        m = info.metrics["test"]
+        rule = f"final step, reported on {cfg.test_split}"
+        split = cfg.test_split
+    else:
+        m = info.metrics["val"]
+        rule = f"final step, reported on {cfg.val_split} (the run has no test split)"
+        split = cfg.val_split
+    return {
+        "split": split,
+        "num_examples": m["num_examples"],
+        "accuracy": m["accuracy"],
+        "accuracy_std": None,
+        "mean_class_accuracy": m["mean_class_accuracy"],
+        "macro_f1": m["macro_f1"],
+        "steps": info.step,
+        "params": reports.count_params(os.path.join(run_dir, workdir.PARAMS)),
+        "selection": rule,
+    }
 
 
 def per_class_table(metrics, class_names):

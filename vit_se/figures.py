@@ -208,6 +208,61 @@ def save_confusion_png(confusion, class_names, path, title=""):
     return image
 
 
+def read_scalars(run_dir):
+    """{tag: (steps, values)} of the scalars a run logged (clu writes them as tensors).
+
+    Read with TensorBoard's own accumulator over every event file of the run directory, in the
+    order they were written; points a resumed run wrote again replace the killed run's.
+    """
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(run_dir, size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags().get("tensors", []):
+        events = acc.Tensors(tag)
+        values = [tensor_util.make_ndarray(e.tensor_proto) for e in events]
+        if all(v.size == 1 for v in values):
+            out[tag] = ([e.step for e in events], [float(v) for v in values])
+    for tag in acc.Tags().get("scalars", []):
+        events = acc.Scalars(tag)
+        out[tag] = ([e.step for e in events], [e.value for e in events])
+    return out
+
+
+def curves_figure(scalars, title=""):
+    """Loss (left) and accuracy (right) over steps: train, and every evaluated split."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        drawn = False
+        for tag in sorted(scalars):
+            split, _, name = tag.partition("/")
+            if name != metric:
+                continue
+            steps, values = scalars[tag]
+            ax.plot(steps, values, marker="" if split == "train" else "o", ms=3, label=split)
+            drawn = True
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        if metric == "accuracy":
+            ax.set_ylim(0, 1)
+        if drawn:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_curves(run_dir, path):
+    """curves.png of a run directory's TensorBoard logs; returns the tags drawn."""
+    scalars = read_scalars(run_dir)
+    save_figure(curves_figure(scalars, title=run_dir), path)
+    return sorted(t for t in scalars if t.endswith(("/loss", "/accuracy")))
+
+
 # ----------------------------------------------------------------------------------------------
 # Faces and labels drawn onto photographs and video frames (`vit_se.predict --annotate`).
 

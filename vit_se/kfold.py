@@ -12,14 +12,8 @@ rule: each fold reports its final training step's model; the held-out fold is ne
 select a checkpoint or to stop early. Runs resume: a fold that is already finished is only
 re-evaluated.
 
-Before training a fold the subjects (the built dataset's `subject_id` feature) of its train and
-test splits are read and compared; a subject in both stops the run. The lists are kept in
-WORKDIR/fold{k}/subjects.json, and the aggregation re-checks them, checks that test folds are
-disjoint, and that the folds were trained with one config (apart from the fold).
-
-Aggregate (WORKDIR/kfold.{json,md,csv} and kfold_confusion.png, also printed): per-fold table,
-mean and sample standard deviation (n - 1) over folds of accuracy, mean class accuracy and macro
-F1, the pooled metrics of the summed confusion matrix, and the subject check.
+The subject check and the aggregate (WORKDIR/kfold.{json,md,csv}, kfold_confusion.png, also
+printed) are `vit_se.folds`'.
 """
 
 from __future__ import annotations
@@ -27,60 +21,9 @@ from __future__ import annotations
 import os
 import sys
 
-import ml_collections
-import numpy as np
-import tensorflow_datasets as tfds
 from absl import flags, logging
 
-from vit_se import cli, config_checks, figures, input_pipeline, metrics, reports, train, workdir
-from vit_se.errors import Error
-
-SUBJECT_FEATURE = "subject_id"
-SELECTION_RULE = (
-    "each fold reports its final training step's model (params.npz); the held-out fold is "
-    "only evaluated, never used to select a checkpoint or to stop early"
-)
-# Config fields that may differ between the folds of one cross-validation.
-PER_FOLD_FIELDS = ("fold", "train_split", "test_split", "data_dir", "manual_dir")
-
-
-class KFoldError(Error, ValueError):
-    """A cross-validation that cannot run or cannot be trusted; one line saying why."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Subjects.
-
-
-def split_subjects(builder, split):
-    """The sorted subject ids of one split of a built dataset."""
-    if SUBJECT_FEATURE not in builder.info.features:
-        raise KFoldError(
-            f"{builder.name} has no {SUBJECT_FEATURE!r} feature: subject independence cannot "
-            "be checked"
-        )
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-    ds = ds.map(lambda ex: ex[SUBJECT_FEATURE])
-    return sorted({s.decode() for s in ds.as_numpy_iterator()})
-
-
-def check_subjects(builder, train_split, test_split):
-    """{'train_subjects', 'test_subjects', 'overlap'} of one fold; raises on a shared subject."""
-    train = split_subjects(builder, train_split)
-    test = split_subjects(builder, test_split)
-    overlap = sorted(set(train) & set(test))
-    record = {
-        "train_split": train_split,
-        "test_split": test_split,
-        "train_subjects": train,
-        "test_subjects": test,
-        "overlap": overlap,
-    }
-    if overlap:
-        raise KFoldError(
-            f"subjects {', '.join(overlap)} are in both {train_split!r} and {test_split!r}"
-        )
-    return record
+from vit_se import cli, config_checks, folds, seeds, train, workdir
 
 
 def _fold_config(config, k):
@@ -89,18 +32,13 @@ def _fold_config(config, k):
     return config_checks.resolve(config)
 
 
-def _subjects_of_fold(config):
-    builder = input_pipeline.builder_of(config)
-    return check_subjects(builder, config.train_split, config.test_split)
-
-
 # ----------------------------------------------------------------------------------------------
 # Running folds.
 
 
 def check_kfold_config(config):
     if config.fold is None:
-        raise KFoldError(
+        raise folds.KFoldError(
             "the config names no fold: use a k-fold config (configs/ck_plus.py, configs/jaffe.py)"
         )
     if config.val_split:
@@ -113,20 +51,24 @@ def check_kfold_config(config):
         )
 
 
-def run_folds(config, cv_dir, folds=None):
+def run_folds(config, cv_dir, fold_ids=None):
     """Trains (or resumes) the given folds in sequence; returns {k: final test metrics}."""
     check_kfold_config(config)
     num_folds = int(config.num_folds)
-    folds = list(range(num_folds)) if folds is None else list(folds)
-    bad = [k for k in folds if not 0 <= k < num_folds]
+    fold_ids = list(range(num_folds)) if fold_ids is None else list(fold_ids)
+    bad = [k for k in fold_ids if not 0 <= k < num_folds]
     if bad:
-        raise KFoldError(f"--folds: {bad} outside 0..{num_folds - 1}")
+        raise folds.KFoldError(f"--folds: {bad} outside 0..{num_folds - 1}")
     results = {}
-    for k in folds:
+    for k in fold_ids:
         cfg = _fold_config(config, k)
         run_dir = workdir.fold_dir(cv_dir, k)
-        config_checks.validate(cfg, run_dir)
-        record = _subjects_of_fold(cfg)
+        config_checks.validate(cfg, run_dir)  # a fold of another config refuses here
+        if _finished(cfg, run_dir):
+            logging.info("Fold %d: finished in %s with this config; kept as it is", k, run_dir)
+            results[k] = workdir.read_export_info(run_dir).metrics
+            continue
+        record = folds.subjects_of_fold(cfg)
         logging.info(
             "Fold %d/%d: %d train subjects, %d test subjects (%s), none shared",
             k,
@@ -140,212 +82,14 @@ def run_folds(config, cv_dir, folds=None):
     return results
 
 
-# ----------------------------------------------------------------------------------------------
-# Aggregation.
-
-
-def _comparable(config):
-    return {k: v for k, v in config.items() if k not in PER_FOLD_FIELDS}
-
-
-def _diff(a, b, prefix=""):
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} vs {vb!r}")
-    return out
-
-
-def aggregate(cv_dir, num_folds=None, verify_dataset=True):
-    """Combines every finished CV_DIR/fold{k}; writes kfold.{json,md,csv} and the PNG."""
-    done = [
-        k
-        for k in workdir.folds_present(cv_dir)
-        if workdir.exists(os.path.join(workdir.fold_dir(cv_dir, k), workdir.EXPORT_INFO))
-    ]
-    if not done:
-        raise KFoldError(
-            f"no finished fold under {cv_dir} (expected fold{{k}}/{workdir.EXPORT_INFO})"
-        )
-    configs = {k: workdir.read_run_config(workdir.fold_dir(cv_dir, k)) for k in done}
-    first = configs[done[0]]["config"]
-    for k in done[1:]:
-        diff = _diff(_comparable(first), _comparable(configs[k]["config"]))
-        if diff:
-            raise KFoldError(
-                f"fold{k} was trained with another config than fold{done[0]}: {'; '.join(diff)}"
-            )
-    num_folds = int(num_folds or first.get("num_folds", 10))
-    bad = [k for k in done if k >= num_folds]
-    if bad:
-        raise KFoldError(f"fold dirs {bad} are outside 0..{num_folds - 1}")
-
-    rows, subjects, confusion, class_names = [], {}, None, None
-    for k in done:
-        info = workdir.read_export_info(workdir.fold_dir(cv_dir, k))
-        test = info.metrics.get("test")
-        if test is None:
-            raise KFoldError(f"fold{k}/{workdir.EXPORT_INFO} has no test metrics")
-        path = os.path.join(workdir.fold_dir(cv_dir, k), workdir.SUBJECTS)
-        if verify_dataset or not workdir.exists(path):
-            cfg = ml_collections.ConfigDict(configs[k]["config"])
-            try:
-                record = _subjects_of_fold(cfg)
-            except KFoldError:
-                raise
-            except Exception as e:  # the dataset may live on another machine
-                if not workdir.exists(path):
-                    raise KFoldError(
-                        f"fold{k}: no {workdir.SUBJECTS} and the dataset cannot be read to check "
-                        f"subjects ({type(e).__name__}: {e})"
-                    ) from None
-                logging.warning("fold%d: dataset not readable here; using %s", k, path)
-                record = workdir.read_json(path)
-        else:
-            record = workdir.read_json(path)
-        if record["overlap"]:
-            raise KFoldError(f"fold{k}: subjects {record['overlap']} in both train and test")
-        subjects[k] = record
-        cm = np.asarray(test["confusion"], dtype=np.int64)
-        confusion = cm if confusion is None else confusion + cm
-        class_names = info.class_names
-        rows.append(
-            {
-                "fold": k,
-                "test_subjects": len(record["test_subjects"]),
-                "num_examples": int(test["num_examples"]),
-                "accuracy": float(test["accuracy"]),
-                "mean_class_accuracy": float(test["mean_class_accuracy"]),
-                "macro_f1": float(test["macro_f1"]),
-                "step": int(info.step),
-            }
-        )
-
-    seen = {}
-    for k, record in subjects.items():
-        for s in record["test_subjects"]:
-            if s in seen:
-                raise KFoldError(f"subject {s} is tested in fold{seen[s]} and fold{k}")
-            seen[s] = k
-    all_subjects = sorted(set(seen) | set(subjects[done[0]]["train_subjects"]))
-
-    summary = {
-        key: reports.mean_std([r[key] for r in rows])
-        for key in ("accuracy", "mean_class_accuracy", "macro_f1")
-    }
-    pooled = metrics.from_confusion(confusion)
-    model = first["model"]
-    result = {
-        "workdir": os.path.abspath(cv_dir),
-        "dataset": first["dataset"],
-        "dataset_config": first.get("dataset_config"),
-        "model": reports.model_label(model),
-        "num_folds": num_folds,
-        "folds_done": done,
-        "folds_missing": [k for k in range(num_folds) if k not in done],
-        "selection_rule": SELECTION_RULE,
-        "std": "sample standard deviation over folds (n - 1)",
-        "folds": rows,
-        "summary": summary,
-        "pooled": {
-            k: pooled[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1", "num_examples")
-        },
-        "class_names": class_names,
-        "confusion": confusion.tolist(),
-        "subject_check": {
-            "feature": SUBJECT_FEATURE,
-            "no_subject_in_train_and_test": True,
-            "test_folds_disjoint": True,
-            "subjects_tested": len(seen),
-            "subjects_total": len(all_subjects),
-            "per_fold": {str(k): subjects[k] for k in done},
-        },
-    }
-    reports.write_report(cv_dir, workdir.KFOLD_REPORT, result, markdown(result), csv(result))
-    title = (
-        f"{result['dataset']}: {len(done)} of {num_folds} folds, summed confusion, accuracy "
-        f"{reports.pct(summary['accuracy']['mean'])} ± {reports.pct(summary['accuracy']['std'])}%"
-    )
-    figures.save_confusion_png(
-        confusion, class_names, os.path.join(cv_dir, workdir.KFOLD_CONFUSION), title
-    )
-    return result
-
-
-def markdown(result):
-    s = result["summary"]
-    check = result["subject_check"]
-    done, total = len(result["folds_done"]), result["num_folds"]
-    lines = [
-        f"# {result['dataset']} ({result['dataset_config']}) {total}-fold cross-validation, "
-        f"{result['model']}",
-        "",
-        f"Selection rule: {result['selection_rule']}.",
-        "",
-        f"Subjects: no subject is in both the train and the test split of any fold (checked on "
-        f"the built dataset's `{check['feature']}` feature); test folds are disjoint; "
-        f"{check['subjects_tested']} of {check['subjects_total']} subjects tested.",
-        "",
-    ]
-    if result["folds_missing"]:
-        lines += [
-            f"**Partial: {done} of {total} folds** (missing {result['folds_missing']}).",
-            "",
-        ]
-    keys = ("accuracy", "mean_class_accuracy", "macro_f1")
-    body = [
-        [r["fold"], r["test_subjects"], r["num_examples"]]
-        + [reports.pct(r[k]) for k in keys]
-        + [r["step"]]
-        for r in result["folds"]
-    ]
-    n = sum(r["num_examples"] for r in result["folds"])
-    body.append(
-        ["**mean ± std**", check["subjects_tested"], n]
-        + [f"**{reports.pct(s[k]['mean'])} ± {reports.pct(s[k]['std'])}**" for k in keys]
-        + [""]
-    )
-    headers = [
-        "fold",
-        "test subjects",
-        "test examples",
-        "accuracy (%)",
-        "mean class acc. (%)",
-        "macro F1 (%)",
-        "step",
-    ]
-    lines += reports.markdown_table(headers, body, ["---:"] * len(headers))
-    p = result["pooled"]
-    lines += [
-        "",
-        f"Pooled over folds (summed confusion matrix, {p['num_examples']} examples): accuracy "
-        f"{reports.pct(p['accuracy'])}%, mean class accuracy "
-        f"{reports.pct(p['mean_class_accuracy'])}%, macro F1 {reports.pct(p['macro_f1'])}%. "
-        f"Std: {result['std']}.",
-        "",
-        "Summed confusion matrix (rows: true, columns: predicted):",
-        "",
-        "| true \\ predicted | " + " | ".join(result["class_names"]) + " |",
-        "|---|" + "---:|" * len(result["class_names"]),
-    ]
-    for name, row in zip(result["class_names"], result["confusion"], strict=True):
-        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def csv(result):
-    keys = ("accuracy", "mean_class_accuracy", "macro_f1")
-    rows = [
-        [r["fold"], r["test_subjects"], r["num_examples"], *(r[k] for k in keys), r["step"]]
-        for r in result["folds"]
-    ]
-    s = result["summary"]
-    rows.append(["mean", "", "", *(s[k]["mean"] for k in keys), ""])
-    rows.append(["std", "", "", *(s[k]["std"] for k in keys), ""])
-    return reports.csv_text(["fold", "test_subjects", "num_examples", *keys, "step"], rows)
+def _finished(config, run_dir):
+    """An exported fold trained with exactly this config (training length included): rerunning
+    it would only rewrite its records."""
+    if not workdir.exists(os.path.join(run_dir, workdir.EXPORT_INFO)):
+        return False
+    saved = workdir.read_run_config(run_dir).get("config", {})
+    same_length = all(saved.get(k) == config[k] for k in ("num_train_steps", "num_epochs"))
+    return same_length and not config_checks.differences(saved, config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,6 +105,13 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "Cross-validation dir; fold k trains in WORKDIR/fold{k}.")
     flags.DEFINE_list("folds", None, "Folds to run, e.g. 0,1 (default: all).")
     flags.DEFINE_bool("aggregate_only", False, "Only combine the finished WORKDIR/fold{k}.")
+    cli.define_verbose_flag()
+    flags.DEFINE_list(
+        "seeds",
+        None,
+        "Cross-validate once per seed (e.g. 0,1,2) in WORKDIR/seed{s}/fold{k}; report each seed's "
+        "mean over folds and the mean ± sample std over seeds in WORKDIR/seeds.{json,md,csv}.",
+    )
 
 
 def main(argv):
@@ -368,16 +119,34 @@ def main(argv):
         raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
         raise cli.CommandError("--workdir is required")
-    if not FLAGS.aggregate_only:
-        if FLAGS.config is None:
-            raise cli.CommandError("--config is required unless --aggregate_only")
-        folds = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
-        run_folds(FLAGS.config, FLAGS.workdir, folds)
+    if not FLAGS.aggregate_only and FLAGS.config is None:
+        raise cli.CommandError("--config is required unless --aggregate_only")
+    fold_ids = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
     num_folds = FLAGS.config.num_folds if FLAGS.config is not None else None
-    result = aggregate(FLAGS.workdir, num_folds)
-    print(markdown(result))
+    if FLAGS.seeds:
+        _seeds_main(seeds.parse(FLAGS.seeds), fold_ids, num_folds)
+        return
+    if not FLAGS.aggregate_only:
+        run_folds(FLAGS.config, FLAGS.workdir, fold_ids)
+    result = folds.aggregate(FLAGS.workdir, num_folds)
+    print(folds.markdown(result))
     stem = os.path.join(FLAGS.workdir, workdir.KFOLD_REPORT)
     print(f"wrote {stem}.json, .md, .csv and {workdir.KFOLD_CONFUSION}")
+
+
+def _seeds_main(seed_list, fold_ids, num_folds):
+    rows = []
+    for seed in seed_list:
+        cv_dir = workdir.seed_dir(FLAGS.workdir, seed)
+        if not FLAGS.aggregate_only:
+            run_folds(seeds.with_seed(FLAGS.config, seed), cv_dir, fold_ids)
+        agg = folds.aggregate(cv_dir, num_folds)
+        rows.append({"seed": seed, "workdir": os.path.abspath(cv_dir), **folds.reported(cv_dir)})
+    title = f"{agg['dataset']} ({agg['dataset_config']}) cross-validation, {len(rows)} seeds"
+    rule = rows[0]["selection"]
+    seeds.write(FLAGS.workdir, title, rows, rule)
+    print(seeds.markdown(title, rows, rule))
+    print(f"wrote {seeds.stem(FLAGS.workdir)}.md, .csv and .json")
 
 
 if __name__ == "__main__":

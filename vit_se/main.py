@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from vit_se import cli
+from vit_se import cli, config_checks, progress, seeds, workdir
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -21,7 +22,21 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and export
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.DEFINE_list(
+    "seeds",
+    None,
+    "Train once per seed (e.g. 0,1,2) into WORKDIR/seed{s}, then report every run and the mean "
+    "± sample std over seeds in WORKDIR/seeds.{json,md,csv}.",
+)
+flags.DEFINE_enum(
+    "select",
+    "best",
+    ["best", "final"],
+    "With --seeds: report each seed's checkpoint selected on val_split (evaluated on test_split), "
+    "or its final step.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
+cli.define_verbose_flag()
 
 
 def _multi_process_environment():
@@ -53,8 +68,12 @@ def initialise_distributed():
 def main(argv):
     if len(argv) > 1:
         raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Every value first: a mistake costs a second, not the import of JAX and TensorFlow.
+    config_checks.check_values(FLAGS.config)
+    cli.hide_accelerators_from_tensorflow()
     initialise_distributed()
 
+    # After jax.distributed.initialize: nothing may touch a JAX backend before it.
     import jax
 
     from vit_se import train
@@ -67,15 +86,70 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.seeds:
+        _train_seeds(seeds.parse(FLAGS.seeds))
+        return
+    start = time.time()
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0:
-        for name, m in result.items():
-            print(
-                f"{name}: accuracy {m['accuracy']:.4f}  mean class accuracy "
-                f"{m['mean_class_accuracy']:.4f}  ({m['num_examples']} examples)"
-            )
+        print(summary(FLAGS.workdir, time.time() - start))
+
+
+def summary(run_dir, seconds):
+    """What a finished run reached, final and selected side by side, and where its files are."""
+    info = workdir.read_export_info(run_dir)
+    run = workdir.read_run_config(run_dir).get("config", {})
+    splits = list(info.metrics)
+    name = info.dataset + (f"/{info.dataset_config}" if info.dataset_config else "")
+    lines = [f"Finished {name} in {run_dir}: {info.step} steps, {progress.duration(seconds)}"]
+    header = f"  {'':<10}{'step':>7}" + "".join(
+        f"  {s + ' accuracy':>16}  {s + ' mean class':>16}" for s in splits
+    )
+    lines.append(header)
+
+    def row(label, step, metrics, note=""):
+        cells = "".join(
+            f"  {metrics[s]['accuracy']:>16.4f}  {metrics[s]['mean_class_accuracy']:>16.4f}"
+            for s in splits
+        )
+        return f"  {label:<10}{step:>7}{cells}{note}"
+
+    lines.append(row("final", info.step, info.metrics))
+    if info.best_step is not None and info.best_metrics:
+        note = f"   (best {run.get('selection_metric', 'accuracy')} on {run.get('val_split')})"
+        lines.append(row("selected", info.best_step, info.best_metrics, note))
+    files = [(workdir.PARAMS, "the final step")]
+    if info.best_step is not None:
+        files.append(
+            (workdir.BEST_PARAMS, "the selected step: what evaluate/predict/analyze/export load")
+        )
+    files.append((workdir.CURVES, "loss and accuracy over steps"))
+    for file, what in files:
+        lines.append(f"  {file:<16} {os.path.join(run_dir, file)}  ({what})")
+    lines.append(f"  {'TensorBoard':<16} tensorboard --logdir {run_dir}")
+    return "\n".join(lines)
+
+
+def _train_seeds(seed_list):
+    import jax
+
+    from vit_se import evaluate, train
+
+    rows = []
+    for seed in seed_list:
+        run_dir = workdir.seed_dir(FLAGS.workdir, seed)
+        config = config_checks.resolve(seeds.with_seed(FLAGS.config, seed), run_dir)
+        logging.info("Seed %d in %s", seed, run_dir)
+        train.train_and_evaluate(config, run_dir)
+        row = evaluate.reported(config, run_dir, FLAGS.select)
+        rows.append({"seed": seed, "workdir": os.path.abspath(run_dir), **row})
+    if jax.process_index() == 0:
+        title = f"{FLAGS.config.dataset} ({FLAGS.config.dataset_config}), {len(rows)} seeds"
+        seeds.write(FLAGS.workdir, title, rows, rows[0]["selection"])
+        print(seeds.markdown(title, rows, rows[0]["selection"]))
+        print(f"wrote {seeds.stem(FLAGS.workdir)}.md, .csv and .json")
 
 
 if __name__ == "__main__":
     sys.argv = cli.resolve_config_paths(sys.argv)
-    cli.run(main, "main")
+    cli.run(main, "main", hide_accelerators=False)

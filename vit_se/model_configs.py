@@ -51,6 +51,8 @@ def get_config(name="B/16", *, use_se=True, se_reduction=4, representation_size=
             "stochastic_depth": 0.0,
         }
     )
+    # A placeholder, so `--config.model.representation_size=768` (raw i21k files) can set it.
+    config.representation_size = ml_collections.config_dict.placeholder(int)
     config.representation_size = representation_size
     config.classifier = "token"
     config.use_se = use_se

@@ -35,13 +35,14 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from vit_se import cpu_lean
+from vit_se import choices, cpu_lean
 
 Dtype = Any
 
-IMPLS = ("auto", "plain", "cpu_lean")
-ATTENTION_IMPLS = ("xla", "cudnn")
-# name -> jax.checkpoint policy of each block (big_vision's remat_policy, with shorter names):
+IMPLS = choices.IMPLS
+ATTENTION_IMPLS = choices.ATTENTION_IMPLS
+# name (choices.REMAT_POLICIES) -> jax.checkpoint policy of each block (big_vision's
+# remat_policy, with shorter names):
 # 'full' keeps only a block's input and recomputes the whole block in the backward pass;
 # 'save_dots' keeps the outputs of the dense projections (matmuls without batch dimensions:
 # q/k/v/out and the MLP's) and recomputes attention's two batched matmuls, softmax, GELU and
@@ -51,7 +52,8 @@ REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-CLASSIFIERS = ("token", "gap")
+CLASSIFIERS = choices.CLASSIFIERS
+assert tuple(REMAT_POLICIES) == choices.REMAT_POLICIES
 
 
 def _check_choice(field, value, allowed):

@@ -30,6 +30,7 @@ from vit_se import checkpoint as ckpt_lib
 from vit_se import (
     config_checks,
     eval_step,
+    figures,
     input_pipeline,
     metrics,
     optim,
@@ -38,9 +39,10 @@ from vit_se import (
 )
 from vit_se import workdir as workdir_lib
 from vit_se.config_checks import ConfigError
-from vit_se.datasets import labels, registry
+from vit_se.datasets import faces, labels, registry
 from vit_se.errors import Error
 from vit_se.preemption import Preempted, StopSignals
+from vit_se.progress import Progress
 from vit_se.run_lock import RunLock
 from vit_se.train_step import (
     abstract_state,
@@ -122,7 +124,7 @@ def _export_info(config, **facts):
         class_names=list(labels.class_names(config.num_classes)),
         image_size=int(config.image_size),
         eval_resize=input_pipeline.eval_resize(config),
-        face_crop=bool(config.face_crop),
+        face_crop=faces.face_crop_mode(config.face_crop),
         dataset=config.dataset,
         dataset_config=config.dataset_config,
         **facts,
@@ -171,10 +173,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress
 
 
 def _train(config, workdir, progress, lock, stop):
-    if jax.process_index() == 0:
-        workdir_lib.write_run_config(
-            workdir, config.to_dict(), config_checks.model_identity(config)
-        )
     _maybe_write_fake_data(config)
 
     mesh = sharding.make_mesh()
@@ -195,6 +193,19 @@ def _train(config, workdir, progress, lock, stop):
 
     abstract, state_sh = abstract_state(config, model, tx, mesh)
     mngr = state_checkpoints.manager(workdir, config)
+    saved_steps = mngr.all_steps()
+    if saved_steps and total_steps < max(saved_steps):
+        raise ConfigError(
+            f"config.num_train_steps: this config trains {total_steps} steps, but {workdir} "
+            f"holds a checkpoint of step {max(saved_steps)}; train at least that long, or use a "
+            "new --workdir"
+        )
+    for warning in config_checks.warnings(config, total_steps, steps_per_epoch):
+        logging.warning("%s", warning)
+    if jax.process_index() == 0:
+        workdir_lib.write_run_config(
+            workdir, config.to_dict(), config_checks.model_identity(config)
+        )
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
     )
@@ -216,7 +227,7 @@ def _train(config, workdir, progress, lock, stop):
         writer.write_hparams(
             {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, int | float | str)}
         )
-    hooks = [periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)]
+    hooks = []
     if config.profile_steps and jax.process_index() == 0:
         hooks.append(
             periodic_actions.Profile(
@@ -224,6 +235,11 @@ def _train(config, workdir, progress, lock, stop):
             )
         )
 
+    if input_pipeline.has_soft_targets(builder, config):
+        logging.info(
+            "Targets: the builder's label_distribution (soft), label smoothing %g",
+            config.label_smoothing,
+        )
     train_iter = input_pipeline.train_dataset(
         builder, config, local_batch, start_step
     ).as_numpy_iterator()
@@ -239,15 +255,20 @@ def _train(config, workdir, progress, lock, stop):
     )
     final = {}
     step_metrics = _StepMetrics(config, start_step + 1, mngr.latest_step)
+    shown = Progress(total_steps, start_step, config.batch_size)
+    report = jax.process_index() == 0
     t0, last_log = time.time(), start_step
     try:
         for step in range(start_step + 1, total_steps + 1):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 batch = input_pipeline.to_global(next(train_iter), batch_sh)
                 state, out = train_step(state, batch)
-            if step == start_step + 1:
-                release_host_memory()  # what compiling the step freed
             step_metrics.add(out)
+            if step == start_step + 1:
+                jax.block_until_ready(out)
+                release_host_memory()  # what compiling the step freed
+                shown.started(step)
+                t0, last_log = time.time(), step  # rates from here: compilation excluded
             for hook in hooks:
                 hook(step)
             stopping = stop.should_stop(step)
@@ -255,11 +276,14 @@ def _train(config, workdir, progress, lock, stop):
             saving = evaluating or stopping or step % config.checkpoint_every == 0
             if step % config.log_every == 0 or saving:
                 step_metrics.fetch()  # raises Diverged before anything is saved
-            if step % config.log_every == 0 or step == total_steps:
+            if (step % config.log_every == 0 or step == total_steps) and step_metrics.window:
                 mean = step_metrics.log_line()
-                dt = time.time() - t0
-                mean["train/images_per_sec"] = (step - last_log) * config.batch_size / max(dt, 1e-9)
+                if step > last_log:
+                    dt = time.time() - t0
+                    mean["train/images_per_sec"] = (step - last_log) * config.batch_size / dt
                 writer.write_scalars(step, mean)
+                if report:
+                    shown.update(step, {k.removeprefix("train/"): v for k, v in mean.items()})
                 lock.heartbeat()
                 t0, last_log = time.time(), step
             evaluated = None
@@ -269,6 +293,8 @@ def _train(config, workdir, progress, lock, stop):
                     writer.write_scalars(
                         step, {f"{name}/{k}": v for k, v in metrics.scalars(result).items()}
                     )
+                if report:
+                    shown.note(_evaluation_line(step, evaluated))
             if saving:
                 ckpt_metrics = (
                     {k: float(v) for k, v in metrics.scalars(evaluated["val"]).items()}
@@ -286,29 +312,40 @@ def _train(config, workdir, progress, lock, stop):
                 )
     finally:
         # Whatever ends the loop, what was saved is complete and the logs are on disk.
+        shown.close()
         mngr.wait_until_finished()
         writer.flush()
     if not final:  # resumed after the last step: evaluate the restored state
         final = evaluate(state.params)
     best_step = mngr.best_step() if config.val_split else None
     _save_params(state.params, os.path.join(workdir, workdir_lib.PARAMS))
+    best_metrics = {}
     if best_step is not None:
         # The model selected on val_split: what every command loads by default.
         best = mngr.restore(best_step, args=ocp.args.StandardRestore(target))
         _save_params(best.params, os.path.join(workdir, workdir_lib.BEST_PARAMS))
-    if jax.process_index() == 0:
-        info = _export_info(config, step=total_steps, best_step=best_step, metrics=final)
-        workdir_lib.write_export_info(workdir, info)
-    writer.flush()
+        best_metrics = final if best_step == total_steps else evaluate(best.params)
     mngr.close()
-    val = final.get("val", {})
-    logging.info(
-        "Done: step %d, validation accuracy %.4f, mean class accuracy %.4f",
-        total_steps,
-        val.get("accuracy", float("nan")),
-        val.get("mean_class_accuracy", float("nan")),
-    )
+    if jax.process_index() == 0:
+        info = _export_info(
+            config,
+            step=total_steps,
+            best_step=best_step,
+            metrics=final,
+            best_metrics=best_metrics,
+        )
+        workdir_lib.write_export_info(workdir, info)
+        figures.save_curves(workdir, os.path.join(workdir, workdir_lib.CURVES))
+    logging.info("Done: step %d of %s in %s", total_steps, config.dataset, workdir)
     return final
+
+
+def _evaluation_line(step, evaluated):
+    parts = [
+        f"{name} accuracy {m['accuracy']:.4f} (mean class {m['mean_class_accuracy']:.4f})"
+        for name, m in evaluated.items()
+    ]
+    return f"step {step}: " + ", ".join(parts)
 
 
 def _evaluator(config, builder, model, params_sharding, mesh):

@@ -12,12 +12,15 @@ rebuild a training config to preprocess an image.
     WORKDIR/best_params.npz      the checkpoint selected on the run's val_split
     WORKDIR/checkpoints/         orbax training state (resumes the run)
     WORKDIR/checkpoints_unreadable/  checkpoints that failed to restore, moved aside, never deleted
+    WORKDIR/curves.png           loss and accuracy per split over steps (from the TensorBoard logs)
     WORKDIR/lock.json            held by the live run (host, pid) so that no second run starts
     WORKDIR/fake_data/           the demo's synthetic dataset, when the config names no folder
     WORKDIR/eval/<name>/         `vit_se.evaluate` outputs
     WORKDIR/analysis/            `vit_se.analyze` outputs
     WORKDIR/fold{k}/             one run directory per fold of `vit_se.kfold`, with subjects.json
     WORKDIR/kfold.{json,md,csv}  the k-fold aggregate (and kfold_confusion.png)
+    WORKDIR/seed{s}/             one run (or cross-validation) per seed of `--seeds`, and
+    WORKDIR/seeds.{json,md,csv}  their mean ± sample std
 
 Writes go to a temporary name in the destination folder and are renamed over the destination, so
 a crash or a pre-empted VM never leaves half a file where a reader expects a whole one. Paths with
@@ -43,11 +46,14 @@ BEST_PARAMS = "best_params.npz"
 CHECKPOINTS = "checkpoints"
 UNREADABLE_CHECKPOINTS = "checkpoints_unreadable"  # where a checkpoint that fails to restore goes
 LOCK = "lock.json"
+CURVES = "curves.png"  # loss and accuracy per split over steps, drawn at the end of every run
 FAKE_DATA = "fake_data"  # built-in synthetic data (configs/demo.py) and its tfds build
 EVAL_DIR = "eval"
 ANALYSIS_DIR = "analysis"
 SUBJECTS = "subjects.json"
 FOLD_PREFIX = "fold"
+SEED_PREFIX = "seed"
+SEEDS_REPORT = "seeds"  # .json, .md, .csv: one row per seed and their mean ± std
 KFOLD_REPORT = "kfold"  # .json, .md, .csv
 KFOLD_CONFUSION = "kfold_confusion.png"
 ABLATION_REPORT = "ablation"
@@ -70,6 +76,10 @@ PARAMS_HELP = (
 
 def fold_dir(workdir, k):
     return os.path.join(workdir, f"{FOLD_PREFIX}{int(k)}")
+
+
+def seed_dir(workdir, seed):
+    return os.path.join(workdir, f"{SEED_PREFIX}{int(seed)}")
 
 
 def folds_present(workdir):
@@ -236,6 +246,7 @@ class ExportInfo:
     step: int | None = None  # the step of params.npz
     best_step: int | None = None  # the step of best_params.npz
     metrics: dict = dataclasses.field(default_factory=dict)  # final evaluation, by split name
+    best_metrics: dict = dataclasses.field(default_factory=dict)  # best_params.npz's, by split
 
     def __post_init__(self):
         self.face_crop = faces.face_crop_mode(self.face_crop, "face_crop")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib
 
-import tensorflow_datasets as tfds
-
 NAMES = ("jaffe", "ck_plus", "raf_db", "sfew", "fer2013", "affectnet")
 # How result tables name each database.
 TITLES = {
@@ -26,8 +24,16 @@ def load_builder(name, data_dir=None, config=None, **kwargs):
     """Returns the tfds builder of one of NAMES; kwargs (e.g. skip_bad_images) go to it."""
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(NAMES)}")
+    import tensorflow_datasets as tfds  # here, not above: NAMES and TITLES need no TensorFlow
+
     importlib.import_module(f"vit_se.datasets.{name}")
     return tfds.builder(name, data_dir=data_dir, config=config, **kwargs)
+
+
+def config_names(name):
+    """The names of the builder's configs (its BUILDER_CONFIGS), default first."""
+    builder = importlib.import_module(f"vit_se.datasets.{name}").Builder
+    return [c.name for c in builder.BUILDER_CONFIGS]
 
 
 def has_folds(name):

@@ -21,71 +21,22 @@ the final step on val_split.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 
 from absl import flags, logging
 
-from vit_se import cli, evaluate, kfold, reports, train, workdir
+from vit_se import cli, evaluate, kfold, reports, seeds, train, workdir
 from vit_se.datasets import registry
 from vit_se.experiments import ExperimentError
+from vit_se.folds import reported as reported_over_folds
 
 VARIANTS = {"vit": ("ViT", False), "vit_se": ("ViT+SE", True)}
 
 
 # ----------------------------------------------------------------------------------------------
 # Running the variants.
-
-
-def _report_single(cfg, run_dir, select):
-    """Metrics of one finished (non-k-fold) run under the stated selection rule."""
-    info = workdir.read_export_info(run_dir)
-    best = os.path.join(run_dir, workdir.BEST_PARAMS)
-    if cfg.test_split and cfg.val_split and select == "best":
-        if not workdir.exists(best):
-            raise ExperimentError(f"{run_dir}: no {workdir.BEST_PARAMS} to report")
-        m = evaluate.evaluate_workdir(
-            run_dir, split=cfg.test_split, params_file=workdir.BEST_PARAMS
-        )
-        rule = f"best on {cfg.val_split} (step {info.best_step}), reported on {cfg.test_split}"
-        split = cfg.test_split
-    elif cfg.test_split:
-        m = info.metrics["test"]
-        rule = f"final step, reported on {cfg.test_split}"
-        split = cfg.test_split
-    else:
-        m = info.metrics["val"]
-        rule = f"final step, reported on {cfg.val_split} (the run has no test split)"
-        split = cfg.val_split
-    return {
-        "split": split,
-        "num_examples": m["num_examples"],
-        "accuracy": m["accuracy"],
-        "accuracy_std": None,
-        "mean_class_accuracy": m["mean_class_accuracy"],
-        "macro_f1": m["macro_f1"],
-        "steps": info.step,
-        "params": reports.count_params(os.path.join(run_dir, workdir.PARAMS)),
-        "selection": rule,
-    }
-
-
-def _report_kfold(cv_dir):
-    agg = kfold.aggregate(cv_dir)
-    s = agg["summary"]
-    first = workdir.fold_dir(cv_dir, agg["folds_done"][0])
-    n_done = len(agg["folds_done"])
-    return {
-        "split": f"{n_done} of {agg['num_folds']} folds (held-out fold)",
-        "num_examples": agg["pooled"]["num_examples"],
-        "accuracy": s["accuracy"]["mean"],
-        "accuracy_std": s["accuracy"]["std"],
-        "mean_class_accuracy": s["mean_class_accuracy"]["mean"],
-        "macro_f1": s["macro_f1"]["mean"],
-        "steps": agg["folds"][0]["step"],
-        "params": reports.count_params(os.path.join(first, workdir.PARAMS)),
-        "selection": "final step of each fold; mean ± sample std over folds",
-    }
 
 
 def ablation(
@@ -95,8 +46,13 @@ def ablation(
     folds=None,
     select="best",
     variants=("vit", "vit_se"),
+    seed_list=None,
 ):
-    """Trains every variant (resuming finished ones), returns the rows and writes the tables."""
+    """Trains every variant (resuming finished ones), returns the rows and writes the tables.
+
+    `seed_list`: run every variant once per seed (in <variant>/seed{s}) and add one row per
+    variant with the mean ± sample std over the seeds.
+    """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ExperimentError(f"--variants: unknown {unknown}; expected {list(VARIANTS)}")
@@ -105,60 +61,85 @@ def ablation(
     is_kfold = config.fold is not None
     stages = [None] if intermediate_config is None else [None, intermediate_config]
     rows = []
-    for inter in stages:
-        for variant in variants:
-            label, use_se = VARIANTS[variant]
-            cfg = config.copy_and_resolve_references()
-            cfg.model.use_se = use_se
-            key = variant
-            inter_desc = "none"
-            if inter is not None:
-                icfg = inter.copy_and_resolve_references()
-                icfg.model = cfg.model.copy_and_resolve_references()
-                icfg.seed = cfg.seed
-                iwork = os.path.join(out_dir, f"intermediate_{variant}")
-                logging.info(
-                    "Ablation %s: intermediate stage on %s in %s", label, icfg.dataset, iwork
-                )
-                train.train_and_evaluate(icfg, iwork)
-                cfg.init_from = iwork
-                cfg.pretrained_path = None
-                key = f"{variant}_{icfg.dataset}"
-                inter_desc = registry.TITLES.get(icfg.dataset, icfg.dataset)
-            run_dir = os.path.join(out_dir, key)
-            logging.info("Ablation %s (intermediate: %s) in %s", label, inter_desc, run_dir)
-            if is_kfold:
-                kfold.run_folds(cfg, run_dir, folds)
-                row = _report_kfold(run_dir)
-            else:
-                train.train_and_evaluate(cfg, run_dir)
-                row = _report_single(cfg, run_dir, select)
-            rows.append(
-                {
-                    "model": label,
-                    "use_se": use_se,
-                    "intermediate": inter_desc,
-                    "dataset": cfg.dataset,
-                    "dataset_config": cfg.dataset_config,
-                    "workdir": os.path.abspath(run_dir),
-                    "seed": cfg.seed,
-                    "batch_size": cfg.batch_size,
-                    **row,
-                }
-            )
+    for inter, variant, seed in itertools.product(stages, variants, seed_list or [None]):
+        label, use_se = VARIANTS[variant]
+        cfg = config.copy_and_resolve_references()
+        cfg.model.use_se = use_se
+        if seed is not None:
+            cfg.seed = seed
+        key = variant
+        inter_desc = "none"
+        if inter is not None:
+            icfg = inter.copy_and_resolve_references()
+            icfg.model = cfg.model.copy_and_resolve_references()
+            icfg.seed = cfg.seed
+            iwork = _in_seed(os.path.join(out_dir, f"intermediate_{variant}"), seed)
+            logging.info("Ablation %s: intermediate stage on %s in %s", label, icfg.dataset, iwork)
+            train.train_and_evaluate(icfg, iwork)
+            cfg.init_from = iwork
+            cfg.pretrained_path = None
+            key = f"{variant}_{icfg.dataset}"
+            inter_desc = registry.TITLES.get(icfg.dataset, icfg.dataset)
+        run_dir = _in_seed(os.path.join(out_dir, key), seed)
+        logging.info("Ablation %s (intermediate: %s) in %s", label, inter_desc, run_dir)
+        if is_kfold:
+            kfold.run_folds(cfg, run_dir, folds)
+            row = reported_over_folds(run_dir)
+        else:
+            train.train_and_evaluate(cfg, run_dir)
+            row = evaluate.reported(cfg, run_dir, select)
+        rows.append(
+            {
+                "model": label,
+                "use_se": use_se,
+                "intermediate": inter_desc,
+                "dataset": cfg.dataset,
+                "dataset_config": cfg.dataset_config,
+                "workdir": os.path.abspath(run_dir),
+                "seed": cfg.seed,
+                "batch_size": cfg.batch_size,
+                **row,
+            }
+        )
+    if seed_list:
+        rows += _over_seeds(rows)
     result = {
         "config": {
             "dataset": config.dataset,
             "dataset_config": config.dataset_config,
             "model": config.model.name,
             "se_reduction": config.model.se_reduction,
-            "seed": config.seed,
+            "seed": list(seed_list) if seed_list else config.seed,
             "image_size": config.image_size,
         },
         "rows": rows,
     }
     reports.write_report(out_dir, workdir.ABLATION_REPORT, result, markdown(result), csv(result))
     return result
+
+
+def _in_seed(run_dir, seed):
+    return run_dir if seed is None else workdir.seed_dir(run_dir, seed)
+
+
+def _over_seeds(rows):
+    """One row per (variant, intermediate stage): mean ± sample std over its seeds' rows."""
+    out = []
+    for key in dict.fromkeys((r["model"], r["intermediate"]) for r in rows):
+        group = [r for r in rows if (r["model"], r["intermediate"]) == key]
+        s = seeds.summary(group)
+        out.append(
+            {
+                **group[0],
+                "workdir": os.path.dirname(group[0]["workdir"]),
+                "seed": f"mean ± std over {len(group)} seeds",
+                **{m: s[m]["mean"] for m in seeds.METRICS},
+                **{f"{m}_std": s[m]["std"] for m in seeds.METRICS},
+                "selection": f"{group[0]['selection']}; mean ± sample std over seeds "
+                + ", ".join(str(r["seed"]) for r in group),
+            }
+        )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,10 +162,12 @@ HEADERS = [
 ]
 
 
-def _acc_cell(row):
-    if row["accuracy_std"] is None:
-        return reports.pct(row["accuracy"])
-    return f"{reports.pct(row['accuracy'])} ± {reports.pct(row['accuracy_std'])}"
+def _cell(row, metric):
+    """'87.22', or '87.22 ± 0.31' where the row is a mean (over folds or seeds)."""
+    std = row.get(f"{metric}_std")
+    if std is None:
+        return reports.pct(row[metric])
+    return f"{reports.pct(row[metric])} ± {reports.pct(std)}"
 
 
 def markdown(result):
@@ -205,9 +188,9 @@ def markdown(result):
             f"{r['dataset']}/{r['dataset_config']}" if r["dataset_config"] else r["dataset"],
             r["split"],
             r["num_examples"],
-            _acc_cell(r),
-            reports.pct(r["mean_class_accuracy"]),
-            reports.pct(r["macro_f1"]),
+            _cell(r, "accuracy"),
+            _cell(r, "mean_class_accuracy"),
+            _cell(r, "macro_f1"),
             f"{r['params']:,}",
             r["steps"],
             r["seed"],
@@ -245,7 +228,9 @@ def csv(result):
         "accuracy",
         "accuracy_std",
         "mean_class_accuracy",
+        "mean_class_accuracy_std",
         "macro_f1",
+        "macro_f1_std",
         "params",
         "steps",
         "seed",
@@ -253,7 +238,9 @@ def csv(result):
         "selection",
         "workdir",
     ]
-    return reports.csv_records(keys, result["rows"])
+    # A single run has no spread; a row over folds has accuracy_std only.
+    rows = [{"mean_class_accuracy_std": None, "macro_f1_std": None, **r} for r in result["rows"]]
+    return reports.csv_records(keys, rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,6 +264,10 @@ def define_flags():
     flags.DEFINE_list("folds", None, "With a k-fold config: folds to run (default all).")
     flags.DEFINE_enum("select", "best", ["best", "final"], "Reported checkpoint.")
     flags.DEFINE_list("variants", list(VARIANTS), "Variants to run.")
+    cli.define_verbose_flag()
+    flags.DEFINE_list(
+        "seeds", None, "Run every variant once per seed (e.g. 0,1,2) and add mean ± std rows."
+    )
 
 
 def main(argv):
@@ -292,6 +283,7 @@ def main(argv):
         folds,
         FLAGS.select,
         tuple(FLAGS.variants),
+        seeds.parse(FLAGS.seeds) if FLAGS.seeds else None,
     )
     print(markdown(result))
     stem = os.path.join(FLAGS.workdir, workdir.ABLATION_REPORT)
