@@ -320,11 +320,12 @@ def validate(config, run_dir):
     check_same_run(config, run_dir)
 
 
-def _flat(d, prefix=""):
+def flat(d, prefix=""):
+    """{'a.b': value} of a nested dict; tuples as lists (what config.json reads back)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
     return out
@@ -339,8 +340,8 @@ def differences(saved, config, also_ignore=()):
     the fields that make a run what it is: everything but RESUMABLE and `also_ignore`."""
     ignore = RESUMABLE + tuple(also_ignore)
     new = config if isinstance(config, dict) else config.to_dict()
-    a = {k: v for k, v in _flat(saved).items() if not _ignored(k, ignore)}
-    b = {k: v for k, v in _flat(new).items() if not _ignored(k, ignore)}
+    a = {k: v for k, v in flat(saved).items() if not _ignored(k, ignore)}
+    b = {k: v for k, v in flat(new).items() if not _ignored(k, ignore)}
     return [
         f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
         for k in sorted(set(a) | set(b))

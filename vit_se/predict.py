@@ -234,7 +234,12 @@ def predict_paths(
             flush()
     flush()
 
-    new_bad = bad[first_bad:]
+    _report_bad(bad[first_bad:], skip_bad, caller_collects)
+    return rows
+
+
+def _report_bad(new_bad, skip_bad, caller_collects):
+    """All unreadable inputs in one error, or (skipping) a warning unless the caller lists them."""
     if new_bad and not skip_bad:
         raise BadImagesError(
             f"{len(new_bad)} unreadable input(s) (pass --skip_bad to skip them):\n"
@@ -242,7 +247,6 @@ def predict_paths(
         )
     if new_bad and not caller_collects:
         logging.warning("skipped %d unreadable input(s): %s", len(new_bad), "; ".join(new_bad))
-    return rows
 
 
 def _check_args(trained, batch_size, every_nth_frame, columns):
@@ -344,14 +348,7 @@ def predict_faces(
                 flush()
     flush()
 
-    new_bad = bad[first_bad:]
-    if new_bad and not skip_bad:
-        raise BadImagesError(
-            f"{len(new_bad)} unreadable input(s) (pass --skip_bad to skip them):\n"
-            + "\n".join(new_bad)
-        )
-    if new_bad and not caller_collects:
-        logging.warning("skipped %d unreadable input(s): %s", len(new_bad), "; ".join(new_bad))
+    _report_bad(bad[first_bad:], skip_bad, caller_collects)
     smoother = tracking.Smoother(smoothing)
     for row in rows:
         p = row.pop("_p")

@@ -224,9 +224,8 @@ def _train(config, workdir, progress, lock, stop):
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
     if start_step == 0:
-        writer.write_hparams(
-            {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, int | float | str)}
-        )
+        hparams = config_checks.flat(config.to_dict())
+        writer.write_hparams({k: v for k, v in hparams.items() if isinstance(v, int | float | str)})
     hooks = []
     if config.profile_steps and jax.process_index() == 0:
         hooks.append(
@@ -377,13 +376,3 @@ def _evaluator(config, builder, model, params_sharding, mesh):
         }
 
     return evaluate
-
-
-def _flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
