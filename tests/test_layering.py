@@ -45,6 +45,7 @@ LAYERS = [
     ["train", "inference", "export_onnx", "export_safetensors"],
     # The command layer; the aggregate over folds.
     ["cli", "folds"],
+    ["annotate"],
     # Commands.
     ["kfold", "evaluate", "predict", "analyze", "export"],
     # Result grids built from the commands, and the training entry point (--seeds reports runs

@@ -32,10 +32,7 @@ then `predicted`, `confidence` and the class probabilities. --smooth (off by def
 row then holds the smoothed values. Images and frames where no face is found give no row; they
 are counted per file and reported (the table's footer, the JSON's `no_face`).
 
---annotate DIR writes each input with its predictions drawn (`figures.draw_labels`): images as
-DIR/<name>.annotated.png, videos as DIR/<name>.annotated.avi (MJPG, the source frame rate, every
-frame, each showing the boxes of the latest sampled frame), where <name> is the input's path
-relative to the inputs' common folder. Each file is written whole or not at all.
+--annotate DIR writes each input with its predictions drawn (`vit_se.annotate`).
 
 Unreadable inputs (undecodable image, video that opens to no frame, missing path) are each named
 on one line. By default the command then fails listing all of them and writes nothing (the model
@@ -50,14 +47,12 @@ import csv
 import io
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
 from absl import app, flags, logging
 
-from vit_se import cli, tracking, workdir
+from vit_se import annotate, cli, tracking, workdir
 from vit_se.datasets.common import BadImagesError
 
 FIXED_COLUMNS = ("file", "frame", "predicted", "confidence")
@@ -361,116 +356,6 @@ def predict_faces(
     return rows
 
 
-# ------------------------------------------------------------------------------------ annotate
-
-
-def _label_text(row):
-    track = "" if row.get("track") is None else f"#{row['track']} "
-    return f"{track}{row['predicted']} {row['confidence']:.2f}"
-
-
-def _items(rows):
-    return [
-        {
-            "text": _label_text(r),
-            "box": (r["x"], r["y"], r["width"], r["height"]) if "x" in r else None,
-            "colour_index": r.get("track") if r.get("track") is not None else r.get("face", 0),
-        }
-        for r in rows
-    ]
-
-
-def annotated_names(files, out_dir):
-    """input file -> DIR/<path relative to the inputs' common folder>.annotated.{png,avi}."""
-    files = list(dict.fromkeys(files))
-    if not files:
-        return {}
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
-    out = {}
-    for f in files:
-        rel = os.path.relpath(os.path.abspath(f), root)
-        out[f] = os.path.join(
-            out_dir, rel + (".annotated.avi" if cli.is_video(f) else ".annotated.png")
-        )
-    return out
-
-
-def annotate(rows, out_dir, every_nth_frame=1):
-    """Writes every file of `rows` with its predictions drawn (see the module docstring);
-    returns the paths written. Rows of `predict_paths` (no box) draw the label in a corner."""
-    import cv2
-
-    from vit_se import figures, inference
-
-    by_file = collections.defaultdict(lambda: collections.defaultdict(list))
-    for r in rows:
-        by_file[r["file"]][r["frame"]].append(r)
-    names = annotated_names(list(by_file), out_dir)
-    written = []
-    for path, frames in by_file.items():
-        target = names[path]
-        if not cli.is_video(path):
-            image = figures.draw_labels(inference.read_image(path), _items(frames[None]))
-            ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise cli.CommandError(f"{target}: OpenCV cannot encode PNG")
-            workdir.write_bytes(target, png.tobytes())
-        else:
-            _annotate_video(path, target, frames, every_nth_frame)
-        written.append(target)
-    return written
-
-
-def _annotate_video(path, target, frames, every_nth_frame):
-    """Every frame of the video, each with the rows of the latest sampled frame, as MJPG."""
-    import cv2
-
-    from vit_se import figures
-
-    cap = cv2.VideoCapture(path)
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    local_dir = (
-        tempfile.gettempdir() if "://" in target else os.path.dirname(os.path.abspath(target))
-    )
-    os.makedirs(local_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local_dir, prefix=f".{os.path.basename(target)}.", suffix=".avi")
-    os.close(fd)
-    writer = None
-    try:
-        index = 0
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            sampled = index - index % every_nth_frame
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            drawn = figures.draw_labels(rgb, _items(frames.get(sampled, [])))
-            if writer is None:
-                h, w = drawn.shape[:2]
-                writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-                if not writer.isOpened():
-                    raise cli.CommandError(f"{target}: OpenCV cannot write an MJPG video")
-            writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-            index += 1
-        if writer is None:
-            raise BadImagesError(f"{path}: cannot read any frame of the video")
-        writer.release()
-        writer = None
-        if "://" in target:
-            with open(tmp, "rb") as src, workdir.atomic_open(target) as dst:
-                shutil.copyfileobj(src, dst)
-            os.remove(tmp)
-        else:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-    finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 # ------------------------------------------------------------------------------------ output
 
 
@@ -664,7 +549,7 @@ def main(argv):
         write_predictions(FLAGS.out, rows, trained.class_names, trained.source, bad, extra=extra)
         print(f"wrote {len(rows)} prediction(s) to {FLAGS.out}")
     if FLAGS.annotate:
-        written = annotate(rows, FLAGS.annotate, FLAGS.every_nth_frame)
+        written = annotate.annotate(rows, FLAGS.annotate, FLAGS.every_nth_frame)
         print(f"wrote {len(written)} annotated file(s) to {FLAGS.annotate}")
 
 
