@@ -9,8 +9,8 @@
 Fold k trains `vit_se.train.train_and_evaluate` in WORKDIR/fold{k} on the other folds' subjects
 (the builder's fold files, `fold_splits(k)`) and evaluates the held-out fold as `test`. Selection
 rule: each fold reports its final training step's model; the held-out fold is never used to
-select a checkpoint or to stop early. Runs resume: a fold that is already finished is only
-re-evaluated.
+select a checkpoint or to stop early. Runs resume: a fold already finished with this config is
+kept as it is (nothing retrained, re-evaluated or rewritten); one of another config refuses.
 
 The subject check and the aggregate (WORKDIR/kfold.{json,md,csv}, kfold_confusion.png, also
 printed) are `vit_se.folds`'.
