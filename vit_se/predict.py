@@ -203,17 +203,12 @@ def predict_paths(
     caller_collects = bad is not None
     bad = [] if bad is None else bad
     first_bad = len(bad)
-    size = trained.image_size
     rows, meta, batch = [], [], []
 
     def flush():
         if not batch:
             return
-        n = len(batch)
-        x = np.zeros((batch_size, size, size, 3), np.float32)
-        x[:n] = np.stack(batch)
-        probs = trained.probabilities(x)[:n]
-        rows.extend(_rows_for(meta, probs, class_names))
+        rows.extend(_rows_for(meta, _probabilities(trained, batch, batch_size), class_names))
         meta.clear()
         batch.clear()
 
@@ -231,6 +226,14 @@ def predict_paths(
 
     _report_bad(bad[first_bad:], skip_bad, caller_collects)
     return rows
+
+
+def _probabilities(trained, inputs, batch_size):
+    """Class probabilities of up to batch_size inputs, padded to the one compiled batch shape."""
+    n, size = len(inputs), trained.image_size
+    x = np.zeros((batch_size, size, size, 3), np.float32)
+    x[:n] = np.stack(inputs)
+    return trained.probabilities(x)[:n]
 
 
 def _report_bad(new_bad, skip_bad, caller_collects):
@@ -292,17 +295,14 @@ def predict_faces(
     bad = [] if bad is None else bad
     first_bad = len(bad)
     no_face = collections.Counter() if no_face is None else no_face
-    size = trained.image_size
     rows, pending = [], []
     tracker, tracked_file = None, None
 
     def flush():
         if not pending:
             return
-        n = len(pending)
-        x = np.zeros((batch_size, size, size, 3), np.float32)
-        x[:n] = np.stack([inp for _, inp in pending])
-        for (i, _), p in zip(pending, trained.probabilities(x)[:n], strict=True):
+        probs = _probabilities(trained, [inp for _, inp in pending], batch_size)
+        for (i, _), p in zip(pending, probs, strict=True):
             rows[i]["_p"] = p
         pending.clear()
 
