@@ -212,12 +212,8 @@ def predict_paths(
         meta.clear()
         batch.clear()
 
-    for path, frame, image, error in iter_inputs(paths, every_nth_frame, progress_every):
-        if error is not None:
-            bad.append(error)
-            continue
-        if len(bad) > first_bad and not skip_bad:
-            continue  # failing anyway: keep reading only to list every bad input
+    inputs = iter_inputs(paths, every_nth_frame, progress_every)
+    for path, frame, image in _readable(inputs, bad, first_bad, skip_bad):
         meta.append((path, frame))
         batch.append(inference.preprocess(image, trained.info))
         if len(batch) == batch_size:
@@ -226,6 +222,16 @@ def predict_paths(
 
     _report_bad(bad[first_bad:], skip_bad, caller_collects)
     return rows
+
+
+def _readable(inputs, bad, first_bad, skip_bad):
+    """(path, frame, image) of the readable inputs; each unreadable one appended to `bad`. Once
+    one is bad and not skipped the run fails anyway: the rest are only read, to list every one."""
+    for path, frame, image, error in inputs:
+        if error is not None:
+            bad.append(error)
+        elif skip_bad or len(bad) == first_bad:
+            yield path, frame, image
 
 
 def _probabilities(trained, inputs, batch_size):
@@ -306,12 +312,8 @@ def predict_faces(
             rows[i]["_p"] = p
         pending.clear()
 
-    for path, frame, image, error in iter_inputs(paths, every_nth_frame, progress_every):
-        if error is not None:
-            bad.append(error)
-            continue
-        if len(bad) > first_bad and not skip_bad:
-            continue  # failing anyway: keep reading only to list every bad input
+    inputs = iter_inputs(paths, every_nth_frame, progress_every)
+    for path, frame, image in _readable(inputs, bad, first_bad, skip_bad):
         found = faces.detect(image, mode)
         if frame is not None and tracked_file != path:
             tracker = tracking.IoUTracker(iou_threshold)
