@@ -46,7 +46,7 @@ def measure_jax(repeats):
     import numpy as np
     import optax
 
-    from vit_se import cpu_lean, optim, train_step
+    from vit_se import cpu_lean, train_setup, train_step
 
     rng = np.random.default_rng(0)
 
@@ -90,10 +90,10 @@ def measure_jax(repeats):
     }
 
     config = _jax_setup(parse_args([]))
-    model = train_step.create_model(config)
+    model = train_setup.create_model(config)
     dummy = jnp.zeros((1, 224, 224, 3), jnp.float32)
     params = train_step.jit_model_init(model)(jax.random.PRNGKey(0), dummy)["params"]
-    tx = optim.optimizer(config, optim.schedule(config, 1380, 30 * 1380))
+    tx = train_setup.optimizer(config, train_setup.learning_rate(config, 1380, 30 * 1380))
     grads = jax.tree_util.tree_map(lambda p: 0.01 * p, params)
 
     def update(p, s, g):

@@ -79,7 +79,7 @@ def pipeline_share(args, root):
     import numpy as np
     import tensorflow_datasets as tfds
 
-    from vit_se import input_pipeline
+    from vit_se import input_pipeline, train
     from vit_se.configs import common as common_config
     from vit_se.datasets.raf_db.fake_data import write_fake_raf_db
     from vit_se.datasets.synthetic_faces import save_image
@@ -105,7 +105,7 @@ def pipeline_share(args, root):
         config.dataset, config.dataset_config = "raf_db", "aligned"
         config.train_split, config.image_size, config.batch_size = "train", 224, args.batch
         config.face_crop = mode
-        it = input_pipeline.train_dataset(builder, config, args.batch).as_numpy_iterator()
+        it = train.training_data(builder, config, args.batch).as_numpy_iterator()
         t0 = time.perf_counter()
         for _ in range(per_epoch):
             next(it)

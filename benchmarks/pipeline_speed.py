@@ -68,7 +68,7 @@ def run(args, root):
     import tensorflow_datasets as tfds
     from train_speed import busy_jiffies
 
-    from vit_se import input_pipeline, sharding
+    from vit_se import input_pipeline, sharding, train
     from vit_se.datasets.raf_db.fake_data import write_fake_raf_db
 
     tfds.disable_progress_bar()
@@ -77,12 +77,12 @@ def run(args, root):
     t0 = time.perf_counter()
     if not os.path.isdir(config.manual_dir):
         write_fake_raf_db(config.manual_dir, num_train=args.num_train, num_test=35, seed=0)
-    builder = input_pipeline.builder_of(config)
+    builder = train.dataset_builder(config)
     n = input_pipeline.num_examples(builder, config.train_split)
     print(f"fake RAF-DB: {n} training images, written and built in {time.perf_counter() - t0:.1f}s")
 
     batch_sh = sharding.batch_sharding(sharding.make_mesh())
-    it = input_pipeline.train_dataset(builder, config, args.batch).as_numpy_iterator()
+    it = train.training_data(builder, config, args.batch).as_numpy_iterator()
 
     def next_batch():
         return jax.block_until_ready(input_pipeline.to_global(next(it), batch_sh))

@@ -40,7 +40,7 @@ set in the environment reach every JAX measurement. A shared CPU's speed drifts 
 over minutes, as much as the JAX/timm difference: --rounds=N repeats each pair N times, alternating
 which side goes first, and prints every round's ratio.
 
-Only TF-free modules of vit_se are imported (train_step, optim, sharding, models,
+Only TF-free modules of vit_se are imported (train_setup, train_step, optim, sharding, models,
 model_configs and configs.common), so this runs on accelerator machines that have JAX, Flax,
 optax and ml_collections but no TensorFlow.
 """
@@ -312,20 +312,17 @@ def measure_jax_train(args):
     """The trainer's jitted step: AdamW + step-decay schedule of configs/common.py."""
     import jax
 
-    from vit_se import optim, sharding, train_step
+    from vit_se import sharding, train_setup, train_step
 
     base_rss = _rss_peak_bytes()
     config = _jax_setup(args)
     info = _device_info(jax)
     steps, warmup = _defaults(args, info["platform"] == "gpu")
-    model = train_step.create_model(config)
     # A 30-epoch run of RAF-DB's ~11k training images at batch 8, as configs/raf_db.py would.
-    lr = optim.schedule(config, steps_per_epoch=1380, total_steps=30 * 1380)
-    tx = optim.optimizer(config, lr)
     mesh = sharding.make_mesh()
-    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
-    state = train_step.init_state(config, model, tx, state_sh)
-    step = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    setup = train_setup.build(config, mesh, 1380, 30 * 1380)
+    state = train_setup.init_state(config, setup)
+    step = setup.train_step
     batch = _batch(jax, args.batch, args.image_size, sharding.batch_sharding(mesh))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -357,13 +354,13 @@ def measure_jax_infer(args):
     import jax.numpy as jnp
     import numpy as np
 
-    from vit_se import train_step
+    from vit_se import train_setup, train_step
 
     base_rss = _rss_peak_bytes()
     config = _jax_setup(args)
     info = _device_info(jax)
     steps, warmup = _defaults(args, info["platform"] == "gpu")
-    model = train_step.create_model(config)
+    model = train_setup.create_model(config)
     dummy = jax.ShapeDtypeStruct((1, args.image_size, args.image_size, 3), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
     rng = np.random.default_rng(0)

@@ -68,43 +68,50 @@ def apply_recipe(config, recipe):
 
 
 def get_config():
+    """The defaults. Each field's comment is its documentation (`python -m vit_se.config_fields`
+    prints them all): keep one on every field."""
+    placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
-    config.seed = 0
+    config.seed = 0  # parameter init, shuffling, augmentation and dropout
 
-    # Data: a tfds builder name from vit_se.datasets.registry and split strings (tfds syntax).
-    config.dataset = ""
-    config.dataset_config = ml_collections.config_dict.placeholder(str)
-    config.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data dir
-    config.manual_dir = ml_collections.config_dict.placeholder(str)  # where the user's files are
-    config.train_split = "train"
+    # --- Data: tfds builders of vit_se.datasets.registry, tfds split strings.
+
+    config.dataset = ""  # builder name: jaffe, ck_plus, raf_db, sfew, fer2013, affectnet
+    config.dataset_config = placeholder(str)  # the builder's config (e.g. aligned); unset: default
+    config.data_dir = placeholder(
+        str
+    )  # tfds data dir (built datasets); unset: ~/tensorflow_datasets
+    config.manual_dir = placeholder(str)  # the folder of your downloaded files, to build from
+    config.train_split = "train"  # the split trained on
     # The split that selects the checkpoint ("best"); never the split you report.
     config.val_split = "validation"
-    # Reported separately, never used for selection; empty to skip.
-    config.test_split = ""
-    config.num_classes = 7
-    config.image_size = 224
+    config.test_split = ""  # reported separately, never used for selection; empty to skip
+    config.num_classes = 7  # 7 (the canonical classes) or 8 (with contempt)
+    config.image_size = 224  # input side in pixels (a multiple of the patch size)
     # Face crop before caching, the same at inference (export.json): 'none', 'haar' (OpenCV Haar
     # box) or 'aligned' (MTCNN 5-point alignment); vit_se.datasets.faces. True/False as before.
     config.face_crop = "none"
     # Skip (and count) images a builder cannot decode instead of failing the build naming them.
     config.skip_bad_images = False
     # k-fold builders (CK+, JAFFE): a fold number replaces train_split / test_split.
-    config.fold = ml_collections.config_dict.placeholder(int)
-    config.num_folds = 10
+    config.fold = placeholder(int)
+    config.num_folds = 10  # folds of a k-fold builder (fold files shipped with it)
     # Built-in synthetic data (configs/demo.py): written to manual_dir in the dataset's own
     # layout before training; the other fields go to `<dataset>/fake_data.py`'s writer.
     config.fake_data = ml_collections.ConfigDict({"enabled": False})
 
+    # --- Training augmentation (vit_se.input_pipeline.train_preprocess).
+
     config.augment = ml_collections.ConfigDict()
     config.augment.crop = "random_resized"  # 'random_resized', 'five_crop', 'none'
-    config.augment.crop_scale = (0.8, 1.0)
+    config.augment.crop_scale = (0.8, 1.0)  # random_resized: (min, max) fraction of the area
     # five_crop: resize to this many pixels, then one of 5 image_size crops; unset: 256 at 224 px,
     # scaled to the image size (the authors' ratio).
-    config.augment.resize_to = ml_collections.config_dict.placeholder(int)
-    config.augment.flip = True
+    config.augment.resize_to = placeholder(int)
+    config.augment.flip = True  # random horizontal flip
     config.augment.rotation = 0.0  # max degrees, either way
     config.augment.color_jitter = 0.4  # brightness/contrast/saturation strength; 0 disables
-    config.augment.grayscale = 0.1  # probability
+    config.augment.grayscale = 0.1  # probability of a grey copy
     config.augment.cutout = 16  # square side in pixels at image_size; 0 disables
     config.class_balanced = False  # resample so every class is equally frequent
     config.shuffle_buffer = 50_000  # examples; also bounds each class's buffer when balanced
@@ -114,49 +121,53 @@ def get_config():
     # Learn from the builder's vote distributions (`label_distribution`, FER+ probability mode)
     # when it has them; False: from the arg-max label.
     config.soft_targets = True
-    config.prefetch = 2
+    config.prefetch = 2  # batches prepared ahead on the host
 
-    # Model: a named variant (vit_se.model_configs.VARIANTS); pick another with the config
-    # argument, e.g. --config=configs/sfew.py:S/16, and set fields with --config.model.use_se=False.
+    # --- Model: a named variant (vit_se.model_configs.VARIANTS); pick another with the config
+    # argument (--config=configs/sfew.py:S/16), set fields with --config.model.use_se=False.
+
     config.model = model_configs.get_config("B/16")
-    config.pretrained_path = ml_collections.config_dict.placeholder(str)  # vit_jax/big_vision npz
-    config.init_from = ml_collections.config_dict.placeholder(str)  # an earlier run's workdir
+    config.pretrained_path = placeholder(str)  # an official vit_jax / big_vision .npz
+    config.init_from = placeholder(str)  # a finished run's workdir: start from its params.npz
 
-    # Optimisation (authors' defaults).
+    # --- Optimisation (authors' defaults).
+
     config.batch_size = 8  # global, over all devices of all processes
     config.accum_steps = 1  # micro-batches per step; batch_size is split among them
-    config.num_epochs = 30.0
+    config.num_epochs = 30.0  # training length, unless num_train_steps is set
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.optimizer = "adamw"  # 'adamw' or 'sgd'
-    config.learning_rate = 1e-4
+    config.learning_rate = 1e-4  # peak rate, reached after warmup_steps
     config.momentum = 0.9  # sgd only
-    config.weight_decay = 0.05
+    config.weight_decay = 0.05  # on kernels, position embedding and class token only
     config.schedule = "step"  # 'cosine', 'linear', 'step', 'constant'
-    config.warmup_steps = 0
-    config.step_decay_every_epochs = 10.0
-    config.step_decay_factor = 0.2
-    config.grad_clip_norm = 0.0  # 0 disables
-    config.label_smoothing = 0.0
+    config.warmup_steps = 0  # linear warmup from 0
+    config.step_decay_every_epochs = 10.0  # schedule 'step': decay every this many epochs
+    config.step_decay_factor = 0.2  # schedule 'step': multiply the rate by this
+    config.grad_clip_norm = 0.0  # clip the global gradient norm to this; 0 disables
+    config.label_smoothing = 0.0  # optax.smooth_labels on the targets
     config.freeze_backbone_steps = 0  # train only head and SE for this many steps
     # A step whose loss or gradient norm is not finite: 'stop' ends the run at once (exit 3, the
     # last finite checkpoint stays the latest, nothing exported); 'skip_step' drops that update
-    # and stops only after max_consecutive_skips such steps in a row.
+    # (optax.apply_if_finite) and stops only after max_consecutive_skips such steps in a row.
     config.on_nonfinite = "stop"
-    config.max_consecutive_skips = 10
+    config.max_consecutive_skips = 10  # skip_step: stop after this many in a row
 
-    # Parallelism: 'replicate' (data parallel) or 'fsdp' (parameters sharded by name rule).
-    config.param_sharding = "replicate"
+    # --- Parallelism.
+
+    config.param_sharding = "replicate"  # 'replicate' (data parallel) or 'fsdp' (sharded by name)
     # Regex on the parameter path: 'Transformer/encoderblock_3/...' ('Transformer/encoderblock/...'
     # with model.scan, one stacked array per kernel for all blocks).
     config.fsdp_pattern = r".*"
-    config.fsdp_min_size = 2**14  # smaller arrays stay replicated
+    config.fsdp_min_size = 2**14  # fsdp: smaller arrays stay replicated
 
-    # Loop, logging, checkpoints.
-    config.eval_every = 500
-    config.eval_batch_size = 64
-    config.log_every = 50
-    config.checkpoint_every = 500
-    config.keep_checkpoints = 2
+    # --- Loop, logging, checkpoints.
+
+    config.eval_every = 500  # steps between evaluations of val_split and test_split
+    config.eval_batch_size = 64  # global evaluation batch (rounded up to the device count)
+    config.log_every = 50  # steps between progress lines and TensorBoard scalars
+    config.checkpoint_every = 500  # steps between checkpoints (also at every evaluation)
+    config.keep_checkpoints = 2  # newest checkpoints kept, besides the best
     config.selection_metric = "accuracy"  # on val_split; the best checkpoint is kept too
     config.profile_steps = 0  # > 0: capture a profiler trace of this many steps after step 10
     return config

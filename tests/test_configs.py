@@ -34,8 +34,7 @@ def test_config_validates_and_docstring_starts_with_its_command(name, tmp_path):
     assert any(f"--config=configs/{name}.py" in line for line in doc)
     config = module.get_config()
     config.lock()
-    config = config_checks.resolve(config)
-    config_checks.validate(config, str(tmp_path))
+    config = config_checks.prepare(config, str(tmp_path))
     assert config.train_split and config.test_split
     assert config.val_split != config.test_split
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vit_se import input_pipeline
+from vit_se import input_pipeline, train
 from vit_se.configs import common
 from vit_se.datasets import registry
 from vit_se.datasets.raf_db.fake_data import write_fake_raf_db
@@ -40,8 +40,8 @@ def _take(ds, n):
 
 def test_training_stream_resumes_at_any_step(builder):
     config = _config(rotation=10.0)
-    full = _take(input_pipeline.train_dataset(builder, config, local_batch=8), 10)
-    resumed = _take(input_pipeline.train_dataset(builder, config, 8, start_step=6), 4)
+    full = _take(train.training_data(builder, config, local_batch=8), 10)
+    resumed = _take(train.training_data(builder, config, 8, start_step=6), 4)
     for a, b in zip(full[6:], resumed, strict=True):
         np.testing.assert_array_equal(a["label"], b["label"])
         np.testing.assert_array_equal(a["image"], b["image"])
@@ -51,13 +51,13 @@ def test_training_stream_resumes_at_any_step(builder):
 
 
 def test_augmented_batches_have_the_model_contract(builder):
-    batch = _take(input_pipeline.train_dataset(builder, _config(), 8), 1)[0]
+    batch = _take(train.training_data(builder, _config(), 8), 1)[0]
     assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
     assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
     assert batch["label"].dtype == np.int64
     other_seed = _config()
     other_seed.seed = 1
-    batch2 = _take(input_pipeline.train_dataset(builder, other_seed, 8), 1)[0]
+    batch2 = _take(train.training_data(builder, other_seed, 8), 1)[0]
     assert not np.array_equal(batch["image"], batch2["image"])
 
 
@@ -75,7 +75,9 @@ def _plain(**augment):
 
 
 def _train_image(config, encoded, index):
-    return input_pipeline.train_preprocess(encoded, tf.constant(index, tf.int64), config, 0)
+    return input_pipeline.train_preprocess(
+        encoded, tf.constant(index, tf.int64), config.augment, config.image_size, 0
+    )
 
 
 def test_crop_none_is_the_whole_image_resized():
@@ -120,7 +122,9 @@ def test_cutout_fills_a_square_with_grey():
         crop="none", flip=False, color_jitter=0.0, grayscale=0.0, rotation=0.0, cutout=8
     )
     encoded = tf.io.encode_png(tf.fill([32, 32, 3], tf.constant(255, tf.uint8)))
-    image = input_pipeline.train_preprocess(encoded, tf.constant(3, tf.int64), config, 0).numpy()
+    image = input_pipeline.train_preprocess(
+        encoded, tf.constant(3, tf.int64), config.augment, config.image_size, 0
+    ).numpy()
     grey = np.all(image == 0.0, axis=-1)  # 127.5 -> 0.0 in [-1, 1]
     assert 16 <= grey.sum() <= 64  # an 8x8 square, possibly clipped by the border
     assert np.all(image[~grey] == 1.0)
@@ -148,9 +152,11 @@ def test_evaluation_counts_every_example_once(builder):
 
 def test_eval_transform_centre_crops_after_five_crop_training():
     config = _config(crop="five_crop")
-    assert input_pipeline.eval_resize(config) == 37
-    assert input_pipeline.eval_resize(_config(crop="five_crop", resize_to=40)) == 40  # pixels
-    assert input_pipeline.eval_resize(_config(crop="random_resized")) == 32
+    assert input_pipeline.eval_resize(config.augment, config.image_size) == 37
+    assert (
+        input_pipeline.eval_resize(_config(crop="five_crop", resize_to=40).augment, 32) == 40
+    )  # pixels
+    assert input_pipeline.eval_resize(_config(crop="random_resized").augment, 32) == 32
     _, image = _halves()
     out = input_pipeline.eval_transform(tf.constant(image), 32, 37).numpy()
     assert out.shape == (32, 32, 3)
@@ -162,7 +168,7 @@ def test_eval_transform_centre_crops_after_five_crop_training():
 def test_class_balanced_sampling_draws_every_class(builder):
     config = _config()
     config.class_balanced = True
-    batches = _take(input_pipeline.train_dataset(builder, config, 8), 20)
+    batches = _take(train.training_data(builder, config, 8), 20)
     counts = np.bincount(np.concatenate([b["label"] for b in batches]), minlength=7)
     assert np.all(counts > 0) and counts.max() < 3 * counts.min(), counts
 

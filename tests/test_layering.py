@@ -38,7 +38,16 @@ LAYERS = [
     ["checkpoint"],
     # Steps, data and the pieces every evaluator shares.
     ["train_step", "eval_step", "input_pipeline"],
-    ["config_checks", "attention", "figures", "reports", "preemption", "run_lock", "tracking"],
+    [
+        "config_checks",
+        "train_setup",
+        "attention",
+        "figures",
+        "reports",
+        "preemption",
+        "run_lock",
+        "tracking",
+    ],
     ["seeds"],
     ["state_checkpoints"],
     # The trainer; a trained model back from disk.
@@ -47,7 +56,7 @@ LAYERS = [
     ["cli", "folds"],
     ["annotate"],
     # Commands.
-    ["kfold", "evaluate", "predict", "analyze", "export"],
+    ["kfold", "evaluate", "predict", "analyze", "export", "config_fields"],
     # Result grids built from the commands, and the training entry point (--seeds reports runs
     # the way the grids do).
     ["experiments", "experiments.ablation", "experiments.cross_dataset", "experiments.__main__"],
@@ -55,7 +64,7 @@ LAYERS = [
 ]
 # The evaluators sit below the trainer, as in big_vision: using a model never needs training code.
 INFERENCE_COMMANDS = ("evaluate", "predict", "analyze", "export", "inference", "eval_step")
-TRAINING = ("train", "train_step", "config_checks")
+TRAINING = ("train", "train_setup", "train_step", "config_checks")
 
 
 def _modules():

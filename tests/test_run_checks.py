@@ -99,11 +99,15 @@ def test_resize_to_is_in_pixels_and_recorded(tmp_path):
     from vit_se import input_pipeline
 
     config = sfew.get_config()  # five-crop at 224
-    assert input_pipeline.eval_resize(config) == 256  # the authors' 256 at 224, unset
+
+    def resize():
+        return input_pipeline.eval_resize(config.augment, config.image_size)
+
+    assert resize() == 256  # the authors' 256 at 224, unset
     config.image_size = 112
-    assert input_pipeline.eval_resize(config) == 128  # the same ratio at another size
+    assert resize() == 128  # the same ratio at another size
     config.augment.resize_to = 120
-    assert input_pipeline.eval_resize(config) == 120  # set: pixels, as written
+    assert resize() == 120  # set: pixels, as written
     config.augment.resize_to = 100
     with pytest.raises(config_checks.ConfigError, match=r"resize_to 100 px is smaller than"):
         config_checks.check_values(config)

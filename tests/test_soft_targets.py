@@ -11,7 +11,6 @@ import json
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -33,22 +32,20 @@ class _Bias(nn.Module):
 
 
 def _step(label_smoothing=0.0, soft=True):
-    config = ml_collections.ConfigDict(
-        dict(
-            num_classes=C,
-            accum_steps=1,
-            seed=0,
-            label_smoothing=label_smoothing,
-            freeze_backbone_steps=0,
-            on_nonfinite="stop",
-        )
-    )
     tx = optax.sgd(1.0)
     params = {"b": jnp.zeros(C)}
     state = train_step.TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params)
     )
-    step = jax.jit(train_step.make_train_step(_Bias(), tx, optax.constant_schedule(1.0), config))
+    step = jax.jit(
+        train_step.make_train_step(
+            _Bias(),
+            tx,
+            optax.constant_schedule(1.0),
+            num_classes=C,
+            label_smoothing=label_smoothing,
+        )
+    )
     batch = {"image": jnp.zeros((2, 1)), "label": jnp.asarray(LABELS)}
     if soft:
         batch["label_distribution"] = jnp.asarray(DIST)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import train_worker
 
-from vit_se import checkpoint, config_checks, optim, sharding, train_step, workdir
+from vit_se import checkpoint, config_checks, sharding, train_setup, train_step, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "train_worker.py")
@@ -77,7 +77,7 @@ def test_model_init_writes_each_parameter_as_drawn():
     # XLA:CPU's default schedule draws every parameter before writing any (B/16: 439 MiB of
     # scratch); the memory-optimised one needs next to none (18 MiB), with the same values.
     config = train_worker.tiny_config()
-    model = train_step.create_model(config)
+    model = train_setup.create_model(config)
     key = jax.random.PRNGKey(3)
     image = jnp.zeros((1, config.image_size, config.image_size, 3))
     lean = train_step.jit_model_init(model)
@@ -180,7 +180,7 @@ def test_schedules_warm_up_then_decay(name, lr0, lr_later):
     config.warmup_steps = 10
     config.step_decay_every_epochs = 1.0
     config.step_decay_factor = 0.2
-    sched = optim.schedule(config, steps_per_epoch=20, total_steps=110)
+    sched = train_setup.learning_rate(config, steps_per_epoch=20, total=110)
     assert float(sched(0)) == lr0
     assert float(sched(10)) == pytest.approx(1.0)
     if lr_later is not None:
@@ -217,7 +217,7 @@ def _config(**overrides):
 )
 def test_bad_config_is_one_line(tmp_path, overrides, message):
     with pytest.raises(config_checks.ConfigError, match=message) as e:
-        config_checks.validate(config_checks.resolve(_config(**overrides)), str(tmp_path))
+        config_checks.prepare(_config(**overrides), str(tmp_path))
     assert "\n" not in str(e.value)
 
 
@@ -225,14 +225,13 @@ def test_heads_must_divide_the_width(tmp_path):
     config = _config()
     config.model.transformer.num_heads = 3
     with pytest.raises(config_checks.ConfigError, match=r"num_heads 3 does not divide .* 32"):
-        config_checks.validate(config_checks.resolve(config), str(tmp_path))
+        config_checks.prepare(config, str(tmp_path))
 
 
 def test_any_width_is_a_custom_model_and_a_named_one_keeps_its_name(tmp_path):
     config = _config()
     config.model.hidden_size = 48
-    resolved = config_checks.resolve(config)
-    config_checks.validate(resolved, str(tmp_path))
+    resolved = config_checks.prepare(config, str(tmp_path))
     assert resolved.model.name == "custom"
     # Every field of tiny/4 again (under another name): it is tiny/4.
     config.model.hidden_size = 32
@@ -250,4 +249,4 @@ def test_workdir_with_another_models_checkpoint(tmp_path):
         config_checks.ConfigError,
         match=r"holds a run with another config \(model\.hidden_size: 768 -> 32\)",
     ):
-        config_checks.validate(config_checks.resolve(config), str(tmp_path))
+        config_checks.prepare(config, str(tmp_path))

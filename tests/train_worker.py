@@ -51,15 +51,11 @@ def batches(config, steps, seed=0):
 
 def setup(config, total_steps, devices=None):
     """The trainer's own state and jitted step for `config` on a mesh over `devices`."""
-    from vit_se import optim, sharding, train_step
+    from vit_se import sharding, train_setup
 
     mesh = sharding.make_mesh(devices)
-    model = train_step.create_model(config)
-    lr = optim.schedule(config, 100, total_steps)
-    tx = optim.optimizer(config, lr)
-    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
-    state = train_step.init_state(config, model, tx, state_sh)
-    return state, train_step.jit_train_step(model, tx, lr, config, state_sh, mesh), mesh
+    setup = train_setup.build(config, mesh, 100, total_steps)
+    return train_setup.init_state(config, setup), setup.train_step, mesh
 
 
 def run(config, steps):

@@ -1,19 +1,23 @@
-"""A training config resolved and checked before anything is written, read or compiled.
+"""A training config resolved and checked in one place, before anything is written or compiled.
 
-A wrong value should cost a user a second, not the minutes a B/16 takes to compile or a dataset
-takes to build. Two passes, each failing with one line that names the field and what was
-expected:
+`prepare(config, run_dir)` is the one function that does it, and only the command entry points
+(`vit_se.main`, `vit_se.kfold`, `vit_se.experiments`, a notebook's cell) call it; the trainer and
+everything below it trust the config they are given. A wrong value should cost a user a second,
+not the minutes a B/16 takes to compile or a dataset takes to build, so the checks run cheapest
+first, each failing with one line that names the field and what was expected:
 
-- `check_values`: every value on its own and against the others (enumerations, ranges, sizes,
-  divisibility that needs no device, local paths). Pure Python: `vit_se.main` runs it before
-  importing JAX or TensorFlow.
-- `validate`: what needs JAX (the device count) or the run directory: a workdir holding another
-  run is never resumed with a different config (its identity is the whole resolved config minus
-  the fields that may change on resume: paths, logging, evaluation and checkpoint frequencies,
-  a longer training, how the model computes as opposed to what), so its records always describe
-  its weights.
+1. every value on its own and against the others (enumerations from `vit_se.choices`, ranges,
+   sizes, divisibility that needs no device): pure Python, before JAX or TensorFlow is imported;
+2. the paths the config names (pretrained_path, init_from, manual_dir), local or gs://, and
+   whether the run directory can be written;
+3. what needs JAX: the device count (the caller says when JAX may start, after
+   `jax.distributed.initialize`);
+4. the run directory: a workdir holding another run is never resumed with a different config
+   (its identity is the whole resolved config minus the fields that may change on resume: paths,
+   logging, evaluation and checkpoint frequencies, a longer training, how the model computes as
+   opposed to what), so its records always describe its weights.
 
-k-fold configs name a fold; `resolve` turns it into the builder's train/test splits, so the rest
+k-fold configs name a fold; resolving turns it into the builder's train/test splits, so the rest
 of the trainer only ever sees split strings.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 
 from vit_se import choices, model_configs, workdir
 from vit_se.datasets import registry
@@ -43,7 +48,6 @@ RESUMABLE = (
     "eval_batch_size",
     "cache_max_bytes",
     "skip_bad_images",
-    "on_nonfinite",
     "max_consecutive_skips",
     "fake_data",
     "model.name",
@@ -86,6 +90,7 @@ def resolve(config, run_dir=None):
     """
     config = config.copy_and_resolve_references()
     config.model.name = model_configs.variant_name(config.model)
+    config.face_crop = choices.face_crop_mode(config.face_crop)  # check_values came first
     if config.fake_data.enabled and run_dir is not None:
         base = os.path.join(run_dir, workdir.FAKE_DATA)
         if config.manual_dir is None:
@@ -175,7 +180,10 @@ def check_values(config):
         ) from None
     _choice(config, "selection_metric", choices.SELECTION_METRICS)
     _choice(config, "on_nonfinite", choices.NONFINITE_MODES)
-    _check_paths(config)
+    try:
+        choices.face_crop_mode(config.face_crop)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_model(config):
@@ -272,35 +280,37 @@ def _check_optimisation(config):
             )
 
 
-def _check_paths(config):
-    """Local paths only: a gs:// path needs TensorFlow, and `validate` checks it."""
-    local = config.pretrained_path and "://" not in config.pretrained_path
-    if local and not os.path.isfile(config.pretrained_path):
-        raise ConfigError(f"config.pretrained_path: {config.pretrained_path} does not exist")
-    if config.init_from and "://" not in config.init_from:
+# ----------------------------------------------------------------------------------------------
+# Paths, devices and the run directory.
+
+
+def check_paths(config):
+    """Every path the config names exists (local, or gs:// through `vit_se.workdir`)."""
+    if config.pretrained_path:
+        path = config.pretrained_path
+        if not workdir.exists(path):
+            raise ConfigError(f"config.pretrained_path: {path} does not exist")
+        if "://" not in path and not zipfile.is_zipfile(path):
+            raise ConfigError(
+                f"config.pretrained_path: {path} is not an .npz file (empty or truncated?); "
+                "expected an official vit_jax / big_vision checkpoint or a vit_se export"
+            )
+    if config.init_from:
         path = os.path.join(config.init_from, workdir.PARAMS)
-        if not os.path.isfile(path):
+        if not workdir.exists(path):
             raise ConfigError(
                 f"config.init_from: {path} does not exist; expected the workdir of a finished run"
             )
-
-
-# ----------------------------------------------------------------------------------------------
-# Devices and the run directory.
-
-
-def validate(config, run_dir):
-    """check_values, then what needs JAX, the builder or the run directory; raises ConfigError."""
-    import jax
-
-    check_values(config)
-    names = registry.config_names(config.dataset)
-    if config.dataset_config is not None and config.dataset_config not in names:
+    # The demo writes its own files there; any other manual_dir holds the user's downloads.
+    if config.manual_dir and not config.fake_data.enabled and not workdir.isdir(config.manual_dir):
         raise ConfigError(
-            f"config.dataset_config: {config.dataset_config!r} is not a config of "
-            f"{config.dataset}; expected one of {', '.join(names)}"
+            f"config.manual_dir: {config.manual_dir} is not a folder; expected the folder of "
+            f"the downloaded {config.dataset} files (README, 'Preparing the datasets')"
         )
-    devices = jax.device_count()
+
+
+def check_devices(config, devices):
+    """The global batch splits over `devices` (and over accum_steps micro-batches of them)."""
     if config.batch_size % devices:
         raise ConfigError(
             f"config.batch_size {config.batch_size} is not divisible by the {devices} devices"
@@ -310,14 +320,34 @@ def validate(config, run_dir):
             f"config.batch_size {config.batch_size} must split into accum_steps "
             f"{config.accum_steps} micro-batches divisible by the {devices} devices"
         )
-    if config.pretrained_path and not workdir.exists(config.pretrained_path):
-        raise ConfigError(f"config.pretrained_path: {config.pretrained_path} does not exist")
-    if config.init_from and not workdir.exists(os.path.join(config.init_from, workdir.PARAMS)):
+
+
+def _jax_device_count():
+    import jax
+
+    return jax.device_count()
+
+
+def prepare(config, run_dir, device_count=_jax_device_count):
+    """The resolved copy of `config` for a run in `run_dir`, every check passed (module docstring).
+
+    `device_count`: an int, or a callable the checks call once the values and paths have passed
+    (an entry point starts JAX there, after `jax.distributed.initialize`). Raises ConfigError or
+    workdir.WorkdirError.
+    """
+    check_values(config)  # first: pure Python (resolving a k-fold config imports its builder)
+    config = resolve(config, run_dir)
+    names = registry.config_names(config.dataset)
+    if config.dataset_config is not None and config.dataset_config not in names:
         raise ConfigError(
-            f"config.init_from: {os.path.join(config.init_from, workdir.PARAMS)} does not "
-            "exist; expected the workdir of a finished run"
+            f"config.dataset_config: {config.dataset_config!r} is not a config of "
+            f"{config.dataset}; expected one of {', '.join(names)}"
         )
+    check_paths(config)
+    workdir.check_writable(run_dir)
+    check_devices(config, device_count() if callable(device_count) else int(device_count))
     check_same_run(config, run_dir)
+    return config
 
 
 def flat(d, prefix=""):
@@ -351,11 +381,9 @@ def differences(saved, config, also_ignore=()):
 
 def has_run(run_dir):
     """Whether the workdir holds checkpoints or an export of a run."""
-    ckpts = os.path.join(run_dir, workdir.CHECKPOINTS)
-    has_ckpts = workdir.isdir(ckpts) and any(
-        n.rstrip("/").isdigit() for n in workdir.listdir(ckpts)
+    return bool(workdir.checkpoint_steps(run_dir)) or workdir.exists(
+        os.path.join(run_dir, workdir.EXPORT_INFO)
     )
-    return has_ckpts or workdir.exists(os.path.join(run_dir, workdir.EXPORT_INFO))
 
 
 def check_same_run(config, run_dir):

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from vit_se import config_checks, figures, input_pipeline, metrics, reports, workdir
+from vit_se import config_checks, figures, metrics, reports, workdir
 from vit_se.errors import Error
 
 SUBJECT_FEATURE = "subject_id"
@@ -72,8 +72,10 @@ def check_subjects(builder, train_split, test_split):
 
 
 def subjects_of_fold(config):
-    builder = input_pipeline.builder_of(config)
-    return check_subjects(builder, config.train_split, config.test_split)
+    """check_subjects on a fold config's dataset (built from its manual_dir if need be)."""
+    from vit_se import train  # the trainer's builder, so the check reads what training reads
+
+    return check_subjects(train.dataset_builder(config), config.train_split, config.test_split)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,17 +15,24 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import time
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import logging
 
 from vit_se.datasets import common, faces, registry
+from vit_se.errors import Error
 
 _MEAN_FILL = 127.5
 # Splits stored in more bytes are read from their tfrecords each epoch instead of cached in memory.
 CACHE_MAX_BYTES = 2 * 2**30
+
+
+class DataError(Error, ValueError):
+    """A dataset that cannot feed the run: not built and nothing to build it from, or empty."""
 
 
 def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None, **kwargs):
@@ -34,7 +41,8 @@ def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None, *
     kwargs reach the builder (e.g. skip_bad_images).
 
     Process 0 prepares a shared data dir; the other processes wait for it. A host whose data dir
-    is local (not shared) prepares its own copy.
+    is local (not shared) prepares its own copy. The build logs one line before and one after
+    instead of tfds's progress bars, so that a builder's one-line error starts a line of its own.
     """
 
     def load():
@@ -54,25 +62,28 @@ def load_builder(dataset, dataset_config=None, data_dir=None, manual_dir=None, *
     return builder
 
 
-def builder_of(config):
-    """`load_builder` for a training config's dataset fields."""
-    return load_builder(
-        config.dataset,
-        config.dataset_config,
-        config.data_dir,
-        config.manual_dir,
-        skip_bad_images=config.skip_bad_images,
-    )
-
-
 def _is_prepared(builder):
-    return tf.io.gfile.exists(builder.data_path / "dataset_info.json")
+    return (builder.data_path / "dataset_info.json").exists()
 
 
 def _prepare(builder, manual_dir):
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
-    )
+    name = builder.info.full_name
+    if manual_dir is None:
+        raise DataError(
+            f"{name} is not built in {builder.data_dir} and no manual_dir names the downloaded "
+            "files to build it from: set --config.manual_dir (README, 'Preparing the datasets')"
+        )
+    logging.info("Building %s from %s into %s (once)", name, manual_dir, builder.data_dir)
+    start = time.time()
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        )
+    finally:
+        tfds.display_progress_bar(True)
+    splits = ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items())
+    logging.info("Built %s in %.0f s: %s", name, time.time() - start, splits)
 
 
 def num_examples(builder, split):
@@ -138,23 +149,24 @@ def eval_transform(image, image_size, eval_resize):
     return _normalise(image[offset : offset + image_size, offset : offset + image_size])
 
 
-def eval_resize(config):
-    """The resize before the centre crop at evaluation, in pixels, for a training config.
+def eval_resize(augment, image_size):
+    """The resize before the centre crop at evaluation, in pixels, for training augmentation
+    `augment` (config.augment) at `image_size`.
 
     Five-crop training resizes to `augment.resize_to` and crops; evaluation takes the centre crop
     of the same resize. Every other crop mode evaluates the whole image.
     """
-    if config.augment.crop == "five_crop":
-        return _resize_to(config)
-    return int(config.image_size)
+    if augment.crop == "five_crop":
+        return _resize_to(augment, image_size)
+    return int(image_size)
 
 
-def _resize_to(config):
+def _resize_to(augment, image_size):
     """Five-crop's resize in pixels: `augment.resize_to`, or unset the authors' 256 at 224 px
     carried to the configured image size."""
-    if config.augment.resize_to is not None:
-        return int(config.augment.resize_to)
-    return int(round(256 * config.image_size / 224))
+    if augment.resize_to is not None:
+        return int(augment.resize_to)
+    return int(round(256 * image_size / 224))
 
 
 def _seeds(seed, index, n):
@@ -163,10 +175,10 @@ def _seeds(seed, index, n):
     return tf.random.experimental.stateless_split(tf.cast(base, tf.int64), n)
 
 
-def train_preprocess(encoded, index, config, seed):
-    """Training augmentation with stateless ops keyed by (seed, stream index)."""
-    aug = config.augment
-    size = config.image_size
+def train_preprocess(encoded, index, augment, image_size, seed):
+    """Training augmentation (config.augment) with stateless ops keyed by (seed, stream index)."""
+    aug = augment
+    size = image_size
     s = _seeds(seed, index, 10)
     image = _decode(encoded)
     if aug.crop == "random_resized":
@@ -182,17 +194,15 @@ def train_preprocess(encoded, index, config, seed):
         image = tf.slice(image, begin, extent)
         image = _resize(image, size)
     elif aug.crop == "five_crop":
-        big = _resize_to(config)
+        big = _resize_to(aug, size)
         image = _resize(image, big)
         m = big - size
         offsets = tf.constant([[0, 0], [0, m], [m, 0], [m, m], [m // 2, m // 2]])
         which = tf.random.stateless_uniform([], s[0], 0, 5, dtype=tf.int32)
         off = offsets[which]
         image = image[off[0] : off[0] + size, off[1] : off[1] + size]
-    elif aug.crop == "none":
+    else:  # 'none'
         image = _resize(image, size)
-    else:
-        raise ValueError(f"config.augment.crop: unknown {aug.crop!r}")
     if aug.flip:
         image = tf.image.stateless_random_flip_left_right(image, s[1])
     if aug.rotation:
@@ -284,48 +294,73 @@ def _stored_bytes(builder, split):
     return sum(builder.info.splits[name].num_bytes for name in base)
 
 
-def has_soft_targets(builder, config):
-    """Whether training learns from the builder's vote distributions (FER+ probability mode)."""
-    return bool(config.soft_targets) and "label_distribution" in builder.info.features
+def has_soft_targets(builder, soft_targets=True):
+    """Whether training learns from the builder's vote distributions (FER+ probability mode):
+    asked for (config.soft_targets) and there to learn from."""
+    return bool(soft_targets) and "label_distribution" in builder.info.features
 
 
-def train_dataset(builder, config, local_batch, start_step=0):
-    """Endless, augmented batches of this process's shard, starting at `start_step`."""
-    split = process_split(config.train_split)
+def train_dataset(
+    builder,
+    split,
+    local_batch,
+    *,
+    image_size,
+    augment,
+    seed=0,
+    face_crop="none",
+    soft_targets=False,
+    class_balanced=False,
+    num_classes=7,
+    shuffle_buffer=50_000,
+    cache_max_bytes=CACHE_MAX_BYTES,
+    prefetch=2,
+    start_step=0,
+):
+    """Endless, augmented batches of this process's share of `split`, from `start_step` on.
+
+    The fields are the training config's of the same names (`augment` is config.augment;
+    `soft_targets` as `has_soft_targets` decides). `seed` and the process index key the
+    shuffling and every augmentation draw.
+    """
+    split = process_split(split)
     n = num_examples(builder, split)
     if n == 0:
-        raise ValueError(f"{config.dataset}: training split {split!r} of this process is empty")
-    seed = config.seed * 1000 + jax.process_index()
-    soft = has_soft_targets(builder, config)
-    ds = _encoded(builder, split, config.face_crop, soft, config.cache_max_bytes)
-    if config.class_balanced:
-        counts = _class_counts(builder, split, config.num_classes)
-        present = [c for c in range(config.num_classes) if counts[c] > 0]
+        raise DataError(
+            f"{builder.info.full_name}: training split {split!r} of this process is empty"
+        )
+    seed = seed * 1000 + jax.process_index()
+    soft = has_soft_targets(builder, soft_targets)
+    ds = _encoded(builder, split, face_crop, soft, cache_max_bytes)
+    if class_balanced:
+        counts = _class_counts(builder, split, num_classes)
+        present = [c for c in range(num_classes) if counts[c] > 0]
         # One endless stream per class, each shuffled within a bounded buffer (AffectNet's happy
         # class alone is 134k images), drawn from in equal proportions.
         per_class = [
             ds.filter(lambda ex, c=c: tf.equal(ex["label"], c))
             .repeat()
-            .shuffle(min(int(counts[c]), config.shuffle_buffer), seed=seed + c)
+            .shuffle(min(int(counts[c]), shuffle_buffer), seed=seed + c)
             for c in present
         ]
         ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed)
     else:
-        ds = ds.shuffle(min(n, config.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(min(n, shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
         ds = ds.repeat()
     start = start_step * local_batch
     ds = ds.skip(start)
     ds = ds.enumerate(start=start)
 
     def prepare(i, ex):
-        out = {"image": train_preprocess(ex["image"], i, config, seed), "label": ex["label"]}
+        image = train_preprocess(ex["image"], i, augment, image_size, seed)
+        out = {"image": image, "label": ex["label"]}
         if soft:
             out["label_distribution"] = ex["label_distribution"]
         return out
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True)
-    return ds.prefetch(config.prefetch)
+    return ds.prefetch(prefetch)
 
 
 def _class_counts(builder, split, num_classes):

@@ -29,7 +29,7 @@ from vit_se import cli, config_checks, folds, seeds, train, workdir
 def _fold_config(config, k):
     config = config.copy_and_resolve_references()
     config.fold = k
-    return config_checks.resolve(config)
+    return config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,11 +59,14 @@ def run_folds(config, cv_dir, fold_ids=None):
     bad = [k for k in fold_ids if not 0 <= k < num_folds]
     if bad:
         raise folds.KFoldError(f"--folds: {bad} outside 0..{num_folds - 1}")
+    # Every fold's config before the first trains (a fold of another config refuses here).
+    runs = {
+        k: config_checks.prepare(_fold_config(config, k), workdir.fold_dir(cv_dir, k))
+        for k in fold_ids
+    }
     results = {}
-    for k in fold_ids:
-        cfg = _fold_config(config, k)
+    for k, cfg in runs.items():
         run_dir = workdir.fold_dir(cv_dir, k)
-        config_checks.validate(cfg, run_dir)  # a fold of another config refuses here
         if _finished(cfg, run_dir):
             logging.info("Fold %d: finished in %s with this config; kept as it is", k, run_dir)
             results[k] = workdir.read_export_info(run_dir).metrics
@@ -77,8 +80,8 @@ def run_folds(config, cv_dir, fold_ids=None):
             len(record["test_subjects"]),
             ", ".join(record["test_subjects"]),
         )
-        workdir.write_json(os.path.join(run_dir, workdir.SUBJECTS), record)
         results[k] = train.train_and_evaluate(cfg, run_dir)
+        workdir.write_json(os.path.join(run_dir, workdir.SUBJECTS), record)
     return results
 
 

@@ -7,6 +7,7 @@ forced with --coordinator_address/--num_processes/--process_id.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -65,18 +66,17 @@ def initialise_distributed():
     jax.distributed.initialize(**kwargs)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # Every value first: a mistake costs a second, not the import of JAX and TensorFlow.
-    config_checks.check_values(FLAGS.config)
+@functools.cache
+def start_jax():
+    """Starts JAX (multi-process first, when the environment says so); returns the device count.
+
+    Called by `config_checks.prepare` once the config's values and paths have passed, so that a
+    mistake costs a second, not the import of JAX and TensorFlow.
+    """
     cli.hide_accelerators_from_tensorflow()
     initialise_distributed()
-
     # After jax.distributed.initialize: nothing may touch a JAX backend before it.
     import jax
-
-    from vit_se import train
 
     logging.info(
         "JAX process %d/%d, %d local / %d global devices (%s)",
@@ -86,22 +86,61 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
+    return jax.device_count()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.seeds:
-        _train_seeds(seeds.parse(FLAGS.seeds))
+        runs = [
+            (workdir.seed_dir(FLAGS.workdir, seed), seeds.with_seed(FLAGS.config, seed))
+            for seed in seeds.parse(FLAGS.seeds)
+        ]
+    else:
+        runs = [(FLAGS.workdir, FLAGS.config)]
+    # Every run's config before any run starts: the third seed's mistake must not wait.
+    runs = [(d, config_checks.prepare(c, d, start_jax)) for d, c in runs]
+
+    import jax
+
+    from vit_se import train
+
+    if FLAGS.seeds:
+        _train_seeds(runs)
         return
-    start = time.time()
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    (run_dir, config), start = runs[0], time.time()
+    before = _exported_step(run_dir)
+    train.train_and_evaluate(config, run_dir)
     if jax.process_index() == 0:
-        print(summary(FLAGS.workdir, time.time() - start))
+        print(summary(run_dir, time.time() - start, before))
 
 
-def summary(run_dir, seconds):
-    """What a finished run reached, final and selected side by side, and where its files are."""
+def _exported_step(run_dir):
+    """The step of the run's export.json, or None (nothing exported yet)."""
+    if not workdir.exists(os.path.join(run_dir, workdir.EXPORT_INFO)):
+        return None
+    return workdir.read_export_info(run_dir).step
+
+
+def summary(run_dir, seconds, exported_before=None):
+    """What a finished run reached, final and selected side by side, and where its files are.
+
+    `exported_before`: the step the run had already exported when the command started; the same
+    step now means this command trained nothing and says so.
+    """
     info = workdir.read_export_info(run_dir)
     run = workdir.read_run_config(run_dir).get("config", {})
     splits = list(info.metrics)
     name = info.dataset + (f"/{info.dataset_config}" if info.dataset_config else "")
-    lines = [f"Finished {name} in {run_dir}: {info.step} steps, {progress.duration(seconds)}"]
+    if exported_before == info.step:
+        first = (
+            f"Already finished: {name} in {run_dir} at step {info.step}, nothing left to train "
+            "(a longer --config.num_train_steps continues it; a new --workdir starts afresh)"
+        )
+    else:
+        first = f"Finished {name} in {run_dir}: {info.step} steps, {progress.duration(seconds)}"
+    lines = [first]
     header = f"  {'':<10}{'step':>7}" + "".join(
         f"  {s + ' accuracy':>16}  {s + ' mean class':>16}" for s in splits
     )
@@ -130,19 +169,17 @@ def summary(run_dir, seconds):
     return "\n".join(lines)
 
 
-def _train_seeds(seed_list):
+def _train_seeds(runs):
     import jax
 
     from vit_se import evaluate, train
 
     rows = []
-    for seed in seed_list:
-        run_dir = workdir.seed_dir(FLAGS.workdir, seed)
-        config = config_checks.resolve(seeds.with_seed(FLAGS.config, seed), run_dir)
-        logging.info("Seed %d in %s", seed, run_dir)
+    for run_dir, config in runs:
+        logging.info("Seed %d in %s", config.seed, run_dir)
         train.train_and_evaluate(config, run_dir)
         row = evaluate.reported(config, run_dir, FLAGS.select)
-        rows.append({"seed": seed, "workdir": os.path.abspath(run_dir), **row})
+        rows.append({"seed": config.seed, "workdir": os.path.abspath(run_dir), **row})
     if jax.process_index() == 0:
         title = f"{FLAGS.config.dataset} ({FLAGS.config.dataset_config}), {len(rows)} seeds"
         seeds.write(FLAGS.workdir, title, rows, rows[0]["selection"])

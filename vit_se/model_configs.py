@@ -38,25 +38,26 @@ def get_config(name="B/16", *, use_se=True, se_reduction=4, representation_size=
     key = _normalise(name)
     hidden, layers, heads, mlp, patch = VARIANTS[key]
     config = ml_collections.ConfigDict()
-    config.name = key
-    config.patches = ml_collections.ConfigDict({"size": (patch, patch)})
-    config.hidden_size = hidden
+    config.name = key  # the variant's name; set from the widths when a run starts ('custom')
+    config.patches = ml_collections.ConfigDict({"size": (patch, patch)})  # patch side in pixels
+    config.hidden_size = hidden  # the width of every token
     config.transformer = ml_collections.ConfigDict(
         {
-            "num_layers": layers,
-            "mlp_dim": mlp,
-            "num_heads": heads,
-            "dropout_rate": 0.0,
-            "attention_dropout_rate": 0.0,
-            "stochastic_depth": 0.0,
+            "num_layers": layers,  # encoder blocks
+            "mlp_dim": mlp,  # hidden width of each block's MLP
+            "num_heads": heads,  # attention heads (must divide hidden_size)
+            "dropout_rate": 0.0,  # dropout after the MLP's layers and the patch embedding
+            "attention_dropout_rate": 0.0,  # dropout on the attention weights
+            "stochastic_depth": 0.0,  # drop-path rate of the last block (linear from 0)
         }
     )
-    # A placeholder, so `--config.model.representation_size=768` (raw i21k files) can set it.
+    # pre_logits (Dense + tanh) of this width before SE and head (raw i21k files have 768); a
+    # placeholder, so `--config.model.representation_size=768` can set it.
     config.representation_size = ml_collections.config_dict.placeholder(int)
     config.representation_size = representation_size
-    config.classifier = "token"
-    config.use_se = use_se
-    config.se_reduction = se_reduction
+    config.classifier = "token"  # pooling before SE and head: 'token' (class token) or 'gap'
+    config.use_se = use_se  # the excitation block on the pooled vector (False: plain ViT)
+    config.se_reduction = se_reduction  # r: SE's hidden width is width / r (paper 4, code 2)
     # Compute dtype of activations; parameters stay float32.
     config.dtype = "float32"
     config.sow_attention = False  # sow every block's attention weights into 'intermediates'

@@ -1,4 +1,7 @@
-"""Learning-rate schedules and optimizers from the config, built from optax parts only."""
+"""Learning-rate schedules and optimizers, built from optax parts only.
+
+Both take the values they use, not a config: `vit_se.train_setup` reads those from the config.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +9,33 @@ import jax
 import optax
 
 
-def schedule(config, steps_per_epoch, total_steps):
-    """Linear warmup, then 'cosine', 'linear', 'step' (x factor every N epochs) or 'constant'."""
-    lr = config.learning_rate
-    warm = int(config.warmup_steps)
+def schedule(
+    learning_rate,
+    total_steps,
+    kind="cosine",
+    *,
+    warmup_steps=0,
+    steps_per_epoch=1,
+    decay_every_epochs=10.0,
+    decay_factor=0.2,
+):
+    """Linear warmup, then `kind`: 'cosine', 'linear', 'step' (x `decay_factor` every
+    `decay_every_epochs`) or 'constant' (vit_se.choices.SCHEDULES)."""
+    warm = int(warmup_steps)
     rest = max(total_steps - warm, 1)
-    if config.schedule == "cosine":
-        after = optax.cosine_decay_schedule(lr, rest)
-    elif config.schedule == "linear":
-        after = optax.linear_schedule(lr, 0.0, rest)
-    elif config.schedule == "step":
-        every = max(int(round(config.step_decay_every_epochs * steps_per_epoch)), 1)
-        boundaries = {b: config.step_decay_factor for b in range(every, rest, every)}
-        after = optax.piecewise_constant_schedule(lr, boundaries)
-    elif config.schedule == "constant":
-        after = optax.constant_schedule(lr)
-    else:
-        raise ValueError(
-            f"config.schedule: unknown {config.schedule!r}; expected cosine, linear, step, constant"
-        )
+    if kind == "cosine":
+        after = optax.cosine_decay_schedule(learning_rate, rest)
+    elif kind == "linear":
+        after = optax.linear_schedule(learning_rate, 0.0, rest)
+    elif kind == "step":
+        every = max(int(round(decay_every_epochs * steps_per_epoch)), 1)
+        boundaries = {b: decay_factor for b in range(every, rest, every)}
+        after = optax.piecewise_constant_schedule(learning_rate, boundaries)
+    else:  # 'constant'
+        after = optax.constant_schedule(learning_rate)
     if warm <= 0:
         return after
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
+    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warm), after], [warm])
 
 
 def _decay_mask(params):
@@ -45,16 +53,34 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
-def optimizer(config, lr_schedule):
+def optimizer(
+    lr_schedule,
+    kind="adamw",
+    *,
+    weight_decay=0.0,
+    momentum=0.9,
+    grad_clip_norm=0.0,
+    skip_nonfinite=0,
+    b2=0.999,
+):
+    """'adamw' or 'sgd' (vit_se.choices.OPTIMIZERS), after global-norm clipping when
+    `grad_clip_norm` > 0.
+
+    `skip_nonfinite` > 0 wraps it in `optax.apply_if_finite`: an update with a NaN or Inf drops
+    out (parameters and moments unchanged) on the device, with no host sync; after that many in a
+    row optax would apply one anyway, so the trainer stops at that count first
+    (config.max_consecutive_skips). `b2` is AdamW's second-moment decay (MAE pretraining: 0.95).
+    """
     parts = []
-    if config.grad_clip_norm:
-        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    if config.optimizer == "sgd":
-        if config.weight_decay:
-            parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask))
-        parts.append(optax.sgd(lr_schedule, momentum=config.momentum or None))
-    elif config.optimizer == "adamw":
-        parts.append(optax.adamw(lr_schedule, weight_decay=config.weight_decay, mask=_decay_mask))
-    else:
-        raise ValueError(f"config.optimizer: unknown {config.optimizer!r}; expected sgd or adamw")
-    return optax.chain(*parts)
+    if grad_clip_norm:
+        parts.append(optax.clip_by_global_norm(grad_clip_norm))
+    if kind == "sgd":
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay, mask=_decay_mask))
+        parts.append(optax.sgd(lr_schedule, momentum=momentum or None))
+    else:  # 'adamw'
+        parts.append(optax.adamw(lr_schedule, b2=b2, weight_decay=weight_decay, mask=_decay_mask))
+    tx = optax.chain(*parts)
+    if skip_nonfinite:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=int(skip_nonfinite))
+    return tx

@@ -24,6 +24,7 @@ import time
 
 import jax
 from absl import logging
+from etils import epath
 
 from vit_se import workdir
 from vit_se.errors import Error
@@ -145,13 +146,9 @@ class RunLock:
             return None
 
     def _remove(self):
-        if "://" in self.path:
-            import tensorflow as tf
-
-            if tf.io.gfile.exists(self.path):
-                tf.io.gfile.remove(self.path)
-        elif os.path.exists(self.path):
-            os.remove(self.path)
+        path = epath.Path(self.path)
+        if path.exists():
+            path.unlink()
 
     def heartbeat(self):
         """Refreshes the lock's heartbeat (for readers on other hosts)."""

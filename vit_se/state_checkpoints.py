@@ -21,6 +21,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 from vit_se import workdir
@@ -31,12 +32,14 @@ class NoCheckpointRestores(Error):
     """Every checkpoint of the workdir failed to restore."""
 
 
-def manager(run_dir, config):
+def manager(run_dir, keep, selection_metric):
+    """Keeps the newest `keep` checkpoints and the best by `selection_metric` (higher is better);
+    creates WORKDIR/checkpoints."""
     policy = preservation_policy.AnyPreservationPolicy(
         [
-            preservation_policy.LatestN(n=config.keep_checkpoints),
+            preservation_policy.LatestN(n=keep),
             preservation_policy.BestN(
-                get_metric_fn=lambda m: m[config.selection_metric],
+                get_metric_fn=lambda m: m[selection_metric],
                 n=1,
                 keep_checkpoints_without_metrics=False,
             ),
@@ -46,7 +49,7 @@ def manager(run_dir, config):
     # cleanup_tmp_directories: a save interrupted by a kill leaves a *.orbax-checkpoint-tmp folder.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
-        best_fn=lambda m: m[config.selection_metric],
+        best_fn=lambda m: m[selection_metric],
         best_mode="max",
         create=True,
         cleanup_tmp_directories=True,
@@ -63,23 +66,21 @@ def _all_agree(ok):
 
 
 def _move_aside(run_dir, step):
-    source = os.path.join(run_dir, workdir.CHECKPOINTS, str(step))
+    source = epath.Path(run_dir) / workdir.CHECKPOINTS / str(step)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = os.path.join(run_dir, workdir.UNREADABLE_CHECKPOINTS, f"{step}-{stamp}")
-    if "://" in run_dir:
-        import tensorflow as tf
-
+    target = epath.Path(run_dir) / workdir.UNREADABLE_CHECKPOINTS / f"{step}-{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if "://" in os.fspath(run_dir):
         # Object stores have no folder rename: copy every object, then remove the originals.
-        for folder, _, files in tf.io.gfile.walk(source):
-            rel = os.path.relpath(folder, source)
-            tf.io.gfile.makedirs(os.path.join(target, rel))
+        for folder, _, files in source.walk():
+            dest = target / folder.relative_to(source)
+            dest.mkdir(parents=True, exist_ok=True)
             for f in files:
-                tf.io.gfile.copy(os.path.join(folder, f), os.path.join(target, rel, f))
-        tf.io.gfile.rmtree(source)
+                (folder / f).copy(dest / f)
+        source.rmtree()
     else:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.rename(source, target)
-    return target
+        source.rename(target)
+    return os.fspath(target)
 
 
 def restore_latest(mngr, target, run_dir):

@@ -1,7 +1,10 @@
 """train_and_evaluate: one readable, sharded, resumable training loop.
 
-The config is resolved and checked first (`vit_se.config_checks`), before any data is read or
-anything compiled. The loop itself is the Flax ImageNet example's shape with big_vision's habits:
+The config arrives resolved and checked (`vit_se.config_checks.prepare`, which the entry points
+call) and is trusted here. Everything that can still fail on the user's input (building the
+dataset, reading a pretrained checkpoint, the evaluation splits) happens before the first file of
+the run is written, and a workdir this run created is removed again when it fails before that.
+The loop itself is the Flax ImageNet example's shape with big_vision's habits:
 a global batch assembled from per-process batches, one jitted step with explicit shardings,
 evaluation by the exact evaluator below the trainer (`vit_se.eval_step`), orbax checkpoints that
 make every run resumable, and clu writers for metrics. The run directory's files are named and
@@ -33,25 +36,18 @@ from vit_se import (
     figures,
     input_pipeline,
     metrics,
-    optim,
     sharding,
     state_checkpoints,
+    train_setup,
 )
 from vit_se import workdir as workdir_lib
 from vit_se.config_checks import ConfigError
-from vit_se.datasets import faces, labels, registry
+from vit_se.datasets import labels, registry
 from vit_se.errors import Error
 from vit_se.preemption import Preempted, StopSignals
 from vit_se.progress import Progress
 from vit_se.run_lock import RunLock
-from vit_se.train_step import (
-    abstract_state,
-    create_model,
-    init_state,
-    jit_train_step,
-    release_host_memory,
-    xla_owned,
-)
+from vit_se.train_step import release_host_memory, xla_owned
 
 __all__ = ["ConfigError", "Diverged", "train_and_evaluate"]
 
@@ -69,8 +65,9 @@ class _StepMetrics:
     evaluation, checkpoints), so the check costs no extra one per step.
     """
 
-    def __init__(self, config, first_step, latest_checkpoint):
-        self.config = config
+    def __init__(self, on_nonfinite, max_consecutive_skips, first_step, latest_checkpoint):
+        self.on_nonfinite = on_nonfinite
+        self.max_consecutive_skips = max_consecutive_skips
         self.latest_checkpoint = latest_checkpoint  # () -> the newest saved step, or None
         self.next_step = first_step  # the step the next pending entry belongs to
         self.pending = []  # device metrics of steps not yet read back
@@ -94,13 +91,13 @@ class _StepMetrics:
                 what = f"loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])}"
                 latest = self.latest_checkpoint()
                 kept = f"the latest checkpoint is step {latest}, nothing exported"
-                if self.config.on_nonfinite == "stop":
+                if self.on_nonfinite == "stop":
                     raise Diverged(
                         f"step {step}: {what} (on_nonfinite='stop'); {kept}: lower the learning "
                         "rate, or set --config.on_nonfinite=skip_step"
                     )
                 self.consecutive_skips += 1
-                if self.consecutive_skips >= self.config.max_consecutive_skips:
+                if self.consecutive_skips >= self.max_consecutive_skips:
                     raise Diverged(
                         f"step {step}: {what}; {self.consecutive_skips} steps in a row were "
                         f"skipped (max_consecutive_skips); {kept}"
@@ -123,8 +120,8 @@ def _export_info(config, **facts):
         model=config.model.to_dict(),
         class_names=list(labels.class_names(config.num_classes)),
         image_size=int(config.image_size),
-        eval_resize=input_pipeline.eval_resize(config),
-        face_crop=faces.face_crop_mode(config.face_crop),
+        eval_resize=input_pipeline.eval_resize(config.augment, config.image_size),
+        face_crop=config.face_crop,
         dataset=config.dataset,
         dataset_config=config.dataset_config,
         **facts,
@@ -161,15 +158,53 @@ def _maybe_write_fake_data(config):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, progress=None) -> dict:
     """Trains, evaluates, checkpoints and exports; returns the final metrics by split name.
 
-    `progress(step, total_steps, evaluated)` is called after every step (`evaluated` holds the
-    metrics of an evaluation at that step, else None): notebooks draw their progress bar with it.
-    Raises Preempted (a checkpoint was written; call again to resume), Diverged, WorkdirInUse or
-    ConfigError.
+    `config` is `config_checks.prepare(config, workdir)`'s result. `progress(step, total_steps,
+    evaluated)` is called after every step (`evaluated` holds the metrics of an evaluation at
+    that step, else None): notebooks draw their progress bar with it. Raises Preempted (a
+    checkpoint was written; call again to resume), Diverged, WorkdirInUse or ConfigError.
     """
-    config = config_checks.resolve(config, workdir)
-    config_checks.validate(config, workdir)
-    with RunLock(workdir) as lock, StopSignals() as stop:
-        return _train(config, workdir, progress, lock, stop)
+    existed = workdir_lib.exists(workdir)
+    try:
+        with RunLock(workdir) as lock, StopSignals() as stop:
+            return _train(config, workdir, progress, lock, stop)
+    finally:
+        if not existed:
+            workdir_lib.remove_if_empty(workdir)
+
+
+def dataset_builder(config):
+    """The tfds builder of the config's dataset, built from its manual_dir on first use."""
+    return input_pipeline.load_builder(
+        config.dataset,
+        config.dataset_config,
+        config.data_dir,
+        config.manual_dir,
+        skip_bad_images=config.skip_bad_images,
+    )
+
+
+def training_data(builder, config, local_batch, start_step=0):
+    """`input_pipeline.train_dataset` with the config's fields: the batches this run trains on."""
+    return input_pipeline.train_dataset(
+        builder,
+        config.train_split,
+        local_batch,
+        image_size=config.image_size,
+        augment=config.augment,
+        seed=config.seed,
+        face_crop=config.face_crop,
+        soft_targets=input_pipeline.has_soft_targets(builder, config.soft_targets),
+        class_balanced=config.class_balanced,
+        num_classes=config.num_classes,
+        shuffle_buffer=config.shuffle_buffer,
+        cache_max_bytes=config.cache_max_bytes,
+        prefetch=config.prefetch,
+        start_step=start_step,
+    )
+
+
+def _checkpoints(config, workdir):
+    return state_checkpoints.manager(workdir, config.keep_checkpoints, config.selection_metric)
 
 
 def _train(config, workdir, progress, lock, stop):
@@ -177,23 +212,11 @@ def _train(config, workdir, progress, lock, stop):
 
     mesh = sharding.make_mesh()
     batch_sh = sharding.batch_sharding(mesh)
-    builder = input_pipeline.builder_of(config)
+    builder = dataset_builder(config)
     num_train = input_pipeline.num_examples(builder, config.train_split)
-    steps_per_epoch = max(num_train // config.batch_size, 1)
-    total_steps = (
-        config.num_train_steps
-        if config.num_train_steps > 0
-        else int(config.num_epochs * steps_per_epoch)
-    )
+    steps_per_epoch, total_steps = train_setup.total_steps(config, num_train)
     local_batch = config.batch_size // jax.process_count()
-
-    model = create_model(config)
-    lr_schedule = optim.schedule(config, steps_per_epoch, total_steps)
-    tx = optim.optimizer(config, lr_schedule)
-
-    abstract, state_sh = abstract_state(config, model, tx, mesh)
-    mngr = state_checkpoints.manager(workdir, config)
-    saved_steps = mngr.all_steps()
+    saved_steps = workdir_lib.checkpoint_steps(workdir)
     if saved_steps and total_steps < max(saved_steps):
         raise ConfigError(
             f"config.num_train_steps: this config trains {total_steps} steps, but {workdir} "
@@ -202,24 +225,34 @@ def _train(config, workdir, progress, lock, stop):
         )
     for warning in config_checks.warnings(config, total_steps, steps_per_epoch):
         logging.warning("%s", warning)
+
+    setup = train_setup.build(config, mesh, steps_per_epoch, total_steps)
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        setup.abstract,
+        setup.state_sh,
+    )
+    # Nothing is written before the state exists: a checkpoint that does not load (or a
+    # pretrained file of another model) leaves the workdir as it was.
+    mngr = _checkpoints(config, workdir) if saved_steps else None
+    latest, restored = (None, None)
+    if mngr is not None:
+        latest, restored = state_checkpoints.restore_latest(mngr, target, workdir)
+    if latest is not None:
+        state = xla_owned(restored, setup.state_sh)
+        logging.info("Resumed from %s at step %d", workdir, latest)
+    else:
+        state = train_setup.init_state(config, setup)
+    start_step = int(eval_step.to_host(state.step))
+    evaluate = _evaluator(config, builder, setup.model, setup.state_sh.params, mesh)
+    soft = input_pipeline.has_soft_targets(builder, config.soft_targets)
+    train_iter = training_data(builder, config, local_batch, start_step).as_numpy_iterator()
+
     if jax.process_index() == 0:
         workdir_lib.write_run_config(
             workdir, config.to_dict(), config_checks.model_identity(config)
         )
-    target = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh
-    )
-    latest, restored = state_checkpoints.restore_latest(mngr, target, workdir)
-    if latest is not None:
-        state = xla_owned(restored, state_sh)
-        logging.info("Resumed from %s at step %d", workdir, latest)
-    else:
-        state = init_state(config, model, tx, state_sh)
-    start_step = int(eval_step.to_host(state.step))
-
-    train_step = jit_train_step(model, tx, lr_schedule, config, state_sh, mesh)
-    evaluate = _evaluator(config, builder, model, state_sh.params, mesh)
-
+    mngr = mngr or _checkpoints(config, workdir)
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
@@ -234,14 +267,11 @@ def _train(config, workdir, progress, lock, stop):
             )
         )
 
-    if input_pipeline.has_soft_targets(builder, config):
+    if soft:
         logging.info(
             "Targets: the builder's label_distribution (soft), label smoothing %g",
             config.label_smoothing,
         )
-    train_iter = input_pipeline.train_dataset(
-        builder, config, local_batch, start_step
-    ).as_numpy_iterator()
     logging.info(
         "Training %s on %s (%d examples, %d steps of %d) on %d devices, %d processes",
         config.model.name,
@@ -252,8 +282,11 @@ def _train(config, workdir, progress, lock, stop):
         jax.device_count(),
         jax.process_count(),
     )
+    train_step = setup.train_step
     final = {}
-    step_metrics = _StepMetrics(config, start_step + 1, mngr.latest_step)
+    step_metrics = _StepMetrics(
+        config.on_nonfinite, config.max_consecutive_skips, start_step + 1, mngr.latest_step
+    )
     shown = Progress(total_steps, start_step, config.batch_size)
     report = jax.process_index() == 0
     t0, last_log = time.time(), start_step
@@ -357,7 +390,7 @@ def _evaluator(config, builder, model, params_sharding, mesh):
             split,
             eval_batch // jax.process_count(),
             image_size=config.image_size,
-            eval_resize=input_pipeline.eval_resize(config),
+            eval_resize=input_pipeline.eval_resize(config.augment, config.image_size),
             face_crop=config.face_crop,
             prefetch=config.prefetch,
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 from typing import Any
 
 import flax
@@ -18,7 +17,7 @@ import numpy as np
 import optax
 
 from vit_se import checkpoint as ckpt_lib
-from vit_se import models, sharding, workdir
+from vit_se import sharding
 
 # XLA:CPU options for the train step (benchmarks/README.md has their measurements). Region-based
 # copy insertion lets the optimizer update a donated parameter in place; without it XLA:CPU copies
@@ -34,10 +33,6 @@ CPU_COMPILER_OPTIONS = {
 def compiler_options(platform):
     """The options every jitted program of the trainer compiles with on `platform`."""
     return CPU_COMPILER_OPTIONS if platform == "cpu" else None
-
-
-def create_model(config, **overrides):
-    return models.build_model(config.model, config.num_classes, **overrides)
 
 
 @flax.struct.dataclass
@@ -56,20 +51,31 @@ def _backbone_mask(params):
     }
 
 
-def make_train_step(model, tx, lr_schedule, config):
+def make_train_step(
+    model,
+    tx,
+    lr_schedule,
+    *,
+    num_classes,
+    accum_steps=1,
+    seed=0,
+    label_smoothing=0.0,
+    freeze_backbone_steps=0,
+    skip_nonfinite=False,
+):
     """(state, batch) -> (state, metrics): one optimizer step on a global batch.
 
     The batch holds `image` and `label`, and optionally `label_distribution` [B, C]: a soft target
     (FER+ vote distributions) that replaces the one-hot label in the loss; label smoothing
     composes with either. Accuracy counts the arg-max against `label`.
 
-    `config.on_nonfinite == 'skip_step'`: a step whose loss or gradient norm is not finite changes
-    neither parameters nor optimizer state (`finite` in the metrics says which steps counted). In
-    'stop' mode the step is the plain computation; the trainer reads `finite` when it logs.
+    `skip_nonfinite`: `tx` is wrapped in `optax.apply_if_finite` (`optim.optimizer`), which drops
+    a non-finite update; `finite` in the metrics is then its verdict on this step. Otherwise the
+    step is the plain computation and `finite` says whether loss and gradient norm were; the
+    trainer reads it when it logs.
     """
-    num_classes = config.num_classes
-    accum = int(config.accum_steps)
-    base_rng = jax.random.PRNGKey(config.seed + 1)
+    accum = int(accum_steps)
+    base_rng = jax.random.PRNGKey(seed + 1)
 
     def loss_fn(params, images, targets, rng):
         logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
@@ -84,8 +90,8 @@ def make_train_step(model, tx, lr_schedule, config):
             targets = batch["label_distribution"].astype(jnp.float32)
         else:
             targets = jax.nn.one_hot(labels, num_classes)
-        if config.label_smoothing:
-            targets = optax.smooth_labels(targets, config.label_smoothing)
+        if label_smoothing:
+            targets = optax.smooth_labels(targets, label_smoothing)
         if accum == 1:
             (loss, logits), grads = grad_fn(state.params, batch["image"], targets, rng)
             correct = jnp.sum(jnp.argmax(logits, -1) == labels)
@@ -110,25 +116,21 @@ def make_train_step(model, tx, lr_schedule, config):
             (grads, loss, correct), _ = jax.lax.scan(body, init, micro)
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
             loss = loss / accum
-        if config.freeze_backbone_steps:
-            frozen = state.step < config.freeze_backbone_steps
+        if freeze_backbone_steps:
+            frozen = state.step < freeze_backbone_steps
             mask = _backbone_mask(state.params)
             grads = jax.tree_util.tree_map(lambda g, m: jnp.where(frozen & m, 0.0, g), grads, mask)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        if config.freeze_backbone_steps:
+        if freeze_backbone_steps:
             updates = jax.tree_util.tree_map(
                 lambda u, m: jnp.where(frozen & m, 0.0, u), updates, mask
             )
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if config.on_nonfinite == "skip_step":
-            # Element-wise selects fuse into the update, which stays in place (donated state).
-            def keep_if_finite(new, old):
-                return jnp.where(finite, new, old)
-
-            params = jax.tree_util.tree_map(keep_if_finite, params, state.params)
-            opt_state = jax.tree_util.tree_map(keep_if_finite, opt_state, state.opt_state)
+        if skip_nonfinite:
+            finite = opt_state.last_finite
+        else:
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         out = {
             "loss": loss,
             "accuracy": correct / labels.shape[0],
@@ -141,23 +143,30 @@ def make_train_step(model, tx, lr_schedule, config):
     return train_step
 
 
-def abstract_state(config, model, tx, mesh):
-    """Shapes of the train state and the sharding of every leaf, without computing anything."""
-    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"]
+def _dummy_images(image_size):
+    return jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+
+
+def abstract_state(model, tx, mesh, image_size, param_sharding="replicate", **fsdp):
+    """Shapes of the train state and the sharding of every leaf, without computing anything.
+
+    `param_sharding` and `fsdp` (pattern, min_size) go to `sharding.state_shardings`.
+    """
+    abstract_params = jax.eval_shape(model.init, jax.random.PRNGKey(0), _dummy_images(image_size))[
+        "params"
+    ]
     abstract = jax.eval_shape(
         lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
         abstract_params,
     )
-    state_sh = sharding.state_shardings(
-        mesh, abstract, config.param_sharding, config.fsdp_pattern, config.fsdp_min_size
-    )
-    return abstract, state_sh
+    return abstract, sharding.state_shardings(mesh, abstract, param_sharding, **fsdp)
 
 
-def init_state(config, model, tx, state_sh):
-    """A fresh (or pretrained) state placed with `state_sh`."""
-    params = xla_owned(_put(_init_params(config, model), state_sh.params), state_sh.params)
+def init_state(model, tx, state_sh, image_size, seed=0, source=None):
+    """A fresh state placed with `state_sh`; `source` (an official npz or a vit_se export)
+    replaces the fresh parameters it holds (`checkpoint.load_pretrained`)."""
+    params = _init_params(model, image_size, seed, source)
+    params = xla_owned(_put(params, state_sh.params), state_sh.params)
     opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
     release_host_memory()
@@ -186,9 +195,10 @@ def jit_model_init(model):
     return jax.jit(model.init, compiler_options=compiler_options(jax.default_backend()))
 
 
-def jit_train_step(model, tx, lr_schedule, config, state_sh, mesh):
+def jit_train_step(step_fn, state_sh, mesh):
+    """`step_fn` (from `make_train_step`) jitted with the state donated and its shardings."""
     return jax.jit(
-        make_train_step(model, tx, lr_schedule, config),
+        step_fn,
         in_shardings=(state_sh, sharding.batch_sharding(mesh)),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=(0,),
@@ -207,14 +217,10 @@ def release_host_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _init_params(config, model):
+def _init_params(model, image_size, seed, source):
     """Fresh parameters, then an official checkpoint or an earlier run's export on top."""
-    dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    params = jit_model_init(model)(jax.random.PRNGKey(config.seed), dummy)["params"]
+    params = jit_model_init(model)(jax.random.PRNGKey(seed), _dummy_images(image_size))["params"]
     params = jax.tree_util.tree_map(np.asarray, params)
-    source = config.pretrained_path or (
-        os.path.join(config.init_from, workdir.PARAMS) if config.init_from else None
-    )
     if source:
         params = ckpt_lib.load_pretrained(source, params)
     return params

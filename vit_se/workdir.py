@@ -23,9 +23,9 @@ rebuild a training config to preprocess an image.
     WORKDIR/seeds.{json,md,csv}  their mean ± sample std
 
 Writes go to a temporary name in the destination folder and are renamed over the destination, so
-a crash or a pre-empted VM never leaves half a file where a reader expects a whole one. Paths with
-a scheme (`gs://...`) go through `tf.io.gfile`, imported only then: a local run never needs
-TensorFlow here, and an object store shows an object only once its upload completes.
+a crash or a pre-empted VM never leaves half a file where a reader expects a whole one. Every path,
+local or with a scheme (`gs://...`), goes through `etils.epath`, the path type tfds and orbax use
+too; an object store shows an object only once its upload completes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ import json
 import os
 import tempfile
 
-from vit_se.datasets import faces
+from etils import epath
+
+from vit_se import choices
 from vit_se.errors import Error
 
 RUN_CONFIG = "config.json"
@@ -99,6 +101,14 @@ def default_params(workdir):
     return BEST_PARAMS if exists(os.path.join(workdir, BEST_PARAMS)) else PARAMS
 
 
+def checkpoint_steps(workdir):
+    """The steps of WORKDIR/checkpoints/<step> folders, sorted; nothing is created."""
+    folder = os.path.join(workdir, CHECKPOINTS)
+    if not isdir(folder):
+        return []
+    return sorted(int(n) for n in listdir(folder) if n.isdigit())
+
+
 def is_best(params_file):
     return os.path.basename(params_file) == BEST_PARAMS
 
@@ -111,34 +121,55 @@ def _remote(path):
     return "://" in os.fspath(path)
 
 
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
 def exists(path):
-    return _gfile().exists(path) if _remote(path) else os.path.exists(path)
+    return epath.Path(path).exists()
 
 
 def isdir(path):
-    return _gfile().isdir(path) if _remote(path) else os.path.isdir(path)
+    return epath.Path(path).is_dir()
 
 
 def listdir(path):
-    return _gfile().listdir(path) if _remote(path) else os.listdir(path)
+    return [p.name for p in epath.Path(path).iterdir()]
 
 
 def makedirs(path):
-    if _remote(path):
-        _gfile().makedirs(path)
-    else:
-        os.makedirs(path, exist_ok=True)
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
 def open_binary(path):
     """A readable, seekable binary file object."""
-    return _gfile().GFile(path, "rb") if _remote(path) else open(path, "rb")
+    return epath.Path(path).open("rb")
+
+
+def check_writable(path):
+    """Raises WorkdirError (one line) unless files can be created in `path` or, when it does not
+    exist yet, in the folder it would be made in. Nothing is left behind.
+
+    Checked before a command starts its work, so that a read-only mount or a typo in a parent
+    folder costs a second, not a finished training or prediction. Object stores (gs://) say so
+    only on the first write.
+    """
+    if _remote(path):
+        return
+    folder = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(folder):
+        if os.path.exists(folder):
+            raise WorkdirError(f"{path}: {folder} is a file, not a folder")
+        folder = os.path.dirname(folder)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".vit_se_write_check.")
+    except OSError as e:
+        raise WorkdirError(f"{path}: cannot write in {folder} ({e.strerror})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+def remove_if_empty(path):
+    """Removes the folder `path` if nothing is in it (a run that failed before its first step
+    leaves no empty workdir it created)."""
+    if not _remote(path) and os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
 
 
 def read_bytes(path):
@@ -162,18 +193,16 @@ def atomic_open(path):
     never when the block raises (temporary name in the same folder, then rename)."""
     path = os.fspath(path)
     if _remote(path):
-        gfile = _gfile()
-        folder = os.path.dirname(path)
-        if folder:
-            gfile.makedirs(folder)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        target = epath.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         try:
-            with gfile.GFile(tmp, "wb") as f:
+            with tmp.open("wb") as f:
                 yield f
-            gfile.rename(tmp, path, overwrite=True)
+            tmp.replace(target)
         except BaseException:
-            if gfile.exists(tmp):
-                gfile.remove(tmp)
+            if tmp.exists():
+                tmp.unlink()
             raise
         return
     path = os.path.abspath(path)
@@ -240,7 +269,7 @@ class ExportInfo:
     class_names: list
     image_size: int
     eval_resize: int
-    face_crop: str = "none"  # a face-crop mode: vit_se.datasets.faces.MODES
+    face_crop: str = "none"  # a face-crop mode: vit_se.choices.FACE_CROPS
     dataset: str | None = None  # what the model was trained on, when vit_se trained it
     dataset_config: str | None = None
     step: int | None = None  # the step of params.npz
@@ -249,7 +278,7 @@ class ExportInfo:
     best_metrics: dict = dataclasses.field(default_factory=dict)  # best_params.npz's, by split
 
     def __post_init__(self):
-        self.face_crop = faces.face_crop_mode(self.face_crop, "face_crop")
+        self.face_crop = choices.face_crop_mode(self.face_crop, "face_crop")
 
     @property
     def num_classes(self):

@@ -58,7 +58,9 @@ import threading
 
 import numpy as np
 
-MODES = ("none", "haar", "aligned")
+from vit_se import choices
+
+MODES = choices.FACE_CROPS
 # ArcFace / InsightFace's 5-point template for a 112x112 crop (arcface_torch, `arcface_dst`).
 ARCFACE_TEMPLATE_112 = np.array(
     [
@@ -89,24 +91,8 @@ MIN_FACE_SIZE = 20
 
 
 def face_crop_mode(value, where="config.face_crop"):
-    """Normalises a face-crop setting to one of MODES; True -> 'haar', False/None -> 'none'.
-
-    Raises a one-line ValueError naming `where` and the allowed values otherwise.
-    """
-    if value is None or value is False:
-        return "none"
-    if value is True:
-        return "haar"
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in MODES:
-            return text
-        if text in ("true", "false"):
-            return "haar" if text == "true" else "none"
-    raise ValueError(
-        f"{where} must be one of {', '.join(repr(m) for m in MODES)} (or a boolean: True is "
-        f"'haar', False is 'none'), got {value!r}"
-    )
+    """`vit_se.choices.face_crop_mode`: one of MODES, booleans as before."""
+    return choices.face_crop_mode(value, where)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import sys
 
 from absl import flags, logging
 
-from vit_se import cli, evaluate, kfold, reports, seeds, train, workdir
+from vit_se import cli, config_checks, evaluate, kfold, reports, seeds, train, workdir
 from vit_se.datasets import registry
 from vit_se.experiments import ExperimentError
 from vit_se.folds import reported as reported_over_folds
@@ -59,6 +59,10 @@ def ablation(
     if select not in ("best", "final"):
         raise ExperimentError(f"--select: expected best or final, got {select!r}")
     is_kfold = config.fold is not None
+    # Values first, for every stage: a mistake in the second stage must not wait for the first.
+    for stage in (config, intermediate_config):
+        if stage is not None:
+            config_checks.check_values(stage)
     stages = [None] if intermediate_config is None else [None, intermediate_config]
     rows = []
     for inter, variant, seed in itertools.product(stages, variants, seed_list or [None]):
@@ -75,7 +79,7 @@ def ablation(
             icfg.seed = cfg.seed
             iwork = _in_seed(os.path.join(out_dir, f"intermediate_{variant}"), seed)
             logging.info("Ablation %s: intermediate stage on %s in %s", label, icfg.dataset, iwork)
-            train.train_and_evaluate(icfg, iwork)
+            train.train_and_evaluate(config_checks.prepare(icfg, iwork), iwork)
             cfg.init_from = iwork
             cfg.pretrained_path = None
             key = f"{variant}_{icfg.dataset}"
@@ -86,7 +90,7 @@ def ablation(
             kfold.run_folds(cfg, run_dir, folds)
             row = reported_over_folds(run_dir)
         else:
-            train.train_and_evaluate(cfg, run_dir)
+            train.train_and_evaluate(config_checks.prepare(cfg, run_dir), run_dir)
             row = evaluate.reported(cfg, run_dir, select)
         rows.append(
             {
