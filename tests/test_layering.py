@@ -56,7 +56,7 @@ LAYERS = [
     ["cli", "folds"],
     ["annotate"],
     # Commands.
-    ["kfold", "evaluate", "predict", "analyze", "export", "config_fields"],
+    ["kfold", "evaluate", "predict", "analyze", "export", "config_fields", "build_dataset"],
     # Result grids built from the commands, and the training entry point (--seeds reports runs
     # the way the grids do).
     ["experiments", "experiments.ablation", "experiments.cross_dataset", "experiments.__main__"],

@@ -27,7 +27,7 @@ PUBLISHED_COUNTS = {
     "H/14": 632_045_800,
 }
 # Test-only widths, not official: counted from the architecture (`_vit_jax_count`).
-UNPUBLISHED = ("tiny/8", "tiny/4")
+UNPUBLISHED = ("tiny/8", "tiny/4", "cpu/6")
 
 
 def _vit_jax_count(hidden, layers, mlp, patch, image=224, num_classes=1000):

@@ -19,6 +19,8 @@ VARIANTS = {
     # For unit tests and the CPU demo only; not an official width.
     "tiny/8": (64, 2, 2, 128, 8),
     "tiny/4": (32, 2, 2, 64, 4),
+    # From scratch on two CPU cores at 48 px (configs' recipe=cpu); not an official width.
+    "cpu/6": (64, 6, 4, 256, 6),
 }
 
 

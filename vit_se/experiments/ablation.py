@@ -294,11 +294,12 @@ def main(argv):
     print(f"wrote {stem}.md, .csv and .json")
 
 
-def run():
-    define_flags()
+def start():
+    """Runs the command on sys.argv once `define_flags` has run."""
     sys.argv = cli.resolve_config_paths(sys.argv, CONFIG_FLAGS)
     cli.run(main, "experiments ablation")
 
 
 if __name__ == "__main__":
-    run()
+    define_flags()
+    start()

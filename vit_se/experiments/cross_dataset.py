@@ -207,10 +207,11 @@ def main(argv):
     print(f"wrote {stem}.md, .csv and .json")
 
 
-def run():
-    define_flags()
+def start():
+    """Runs the command on sys.argv once `define_flags` has run."""
     cli.run(main, "experiments cross_dataset")
 
 
 if __name__ == "__main__":
-    run()
+    define_flags()
+    start()
