@@ -182,16 +182,19 @@ def test_skipped_step_leaves_parameters_and_optimizer_state_unchanged():
     batches = train_worker.batches(config, 3)
     state, m = step_fn(state, next(batches))
     assert bool(m["finite"])
-    before = jax.tree_util.tree_map(np.array, (state.params, state.opt_state))
+    # optax.apply_if_finite keeps the optimizer's own state (moments, counts) apart from its
+    # count of non-finite updates.
+    before = jax.tree_util.tree_map(np.array, (state.params, state.opt_state.inner_state))
     bad = next(batches)
     bad["image"][0, 0, 0, 0] = np.nan
     state, m = step_fn(state, bad)
     assert not bool(m["finite"]) and not np.isfinite(float(m["loss"]))
-    after = jax.tree_util.tree_map(np.array, (state.params, state.opt_state))
+    after = jax.tree_util.tree_map(np.array, (state.params, state.opt_state.inner_state))
     jax.tree_util.tree_map(np.testing.assert_array_equal, after, before)
+    assert int(state.opt_state.notfinite_count) == 1 == int(state.opt_state.total_notfinite)
     assert int(state.step) == 2
     state, m = step_fn(state, next(batches))  # a finite batch trains again
-    assert bool(m["finite"])
+    assert bool(m["finite"]) and int(state.opt_state.notfinite_count) == 0
     assert not np.array_equal(
         np.asarray(state.params["head"]["kernel"]), before[0]["head"]["kernel"]
     )

@@ -63,9 +63,8 @@ def _stacked(path):
 
 
 def state_shardings(mesh, abstract_state, mode="replicate", pattern=".*", min_size=2**14):
-    """A NamedSharding for every leaf of a (possibly abstract) train-state pytree."""
-    if mode not in ("replicate", "fsdp"):
-        raise ValueError(f"param_sharding must be 'replicate' or 'fsdp', got {mode!r}")
+    """A NamedSharding for every leaf of a (possibly abstract) train-state pytree; `mode` is
+    'replicate' or 'fsdp' (vit_se.choices.PARAM_SHARDINGS)."""
     regex = re.compile(pattern)
     num_shards = mesh.shape[DATA]
 
