@@ -239,7 +239,8 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     r = _experiments("grid")
     assert r.returncode == 1
     assert r.stderr.strip() == (
-        "usage: python -m vit_se.experiments {ablation|cross_dataset} [flags]"
+        "vit_se.experiments: no command 'grid'; usage: python -m vit_se.experiments"
+        " {ablation|cross_dataset} [flags]; COMMAND --help: its flags"
     )
     spec = cross_dataset.parse_dataset_spec("ck_plus/7class:fold0")
     assert spec == ("ck_plus", "7class", "fold0")

@@ -22,6 +22,8 @@ def main():
         if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help", "-help", "--helpshort"):
             print(sys.modules[__name__].__doc__ or "", usage(), sep="\n")
             return
+        if len(sys.argv) > 1:
+            sys.exit(f"vit_se.experiments: no command {sys.argv[1]!r}; {usage()}")
         sys.exit(usage())
     command = importlib.import_module(f"vit_se.experiments.{sys.argv[1]}")
     sys.argv = [f"{sys.argv[0]} {sys.argv[1]}"] + sys.argv[2:]
