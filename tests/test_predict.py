@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from vit_se import inference, predict
+from vit_se import inference, media, predict
 from vit_se.datasets.labels import CLASS_NAMES
 from vit_se.datasets.synthetic_faces import draw_face, save_image
 
@@ -101,7 +101,7 @@ def test_predict_paths_folder_and_video_rows(trained, inputs):
         _check_row(row, CLASS_NAMES)
     # The same numbers as the model on the evaluation transform of each file, one at a time:
     # preprocessing is evaluation's, and batching/padding changes nothing.
-    x = np.stack([inference.preprocess(inference.read_image(f), trained.info) for f in files])
+    x = np.stack([inference.preprocess(media.read_image(f), trained.info) for f in files])
     want = trained.probabilities(x)
     got = np.array([[r[c] for c in CLASS_NAMES] for r in rows[: len(files)]])
     np.testing.assert_allclose(got, want, atol=1e-5)

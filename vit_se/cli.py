@@ -3,14 +3,17 @@ commands) share, so they cannot disagree.
 
 - One way to load a model from flags (`define_model_flags` + `load_model`): a finished run's
   workdir, whose default parameter file is the same for every command (`workdir.PARAMS_HELP`), or
-  an official-format `.npz` with its variant and class names.
-- One image finder (`find_images`): one list of extensions, folders searched recursively in sorted
-  order, hidden files and folders skipped.
+  an official-format `.npz` with its variant and class names. The flags this module defines are
+  its callers' own (absl's `disclaim_key_flags`), so each command's `--help` lists them.
+- Destinations checked before the work starts (`check_writable`).
 - One error handler and log filter (`run`): a user's mistake (`vit_se.errors.Error` and the
   file/checkpoint errors) is one line on stderr and the error's exit status (1 unless it says
-  otherwise: a pre-empted run exits 75, a diverged one 3); orbax's per-save INFO lines are
-  dropped; TensorFlow, which only feeds data, is kept off the accelerators JAX owns.
+  otherwise: a pre-empted run exits 75, a diverged one 3), with nothing from TensorFlow's or
+  libtpu's start-up before it; orbax's per-save INFO lines are dropped; TensorFlow, which only
+  feeds data, is kept off the accelerators JAX owns.
 - Config files named on the command line load from any folder (`resolve_config_paths`).
+
+Finding and reading images and videos is `vit_se.media`'s.
 """
 
 from __future__ import annotations
@@ -18,26 +21,17 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import sys
+import tempfile
 
 from absl import app, flags, logging
 
 from vit_se import workdir
 from vit_se.errors import Error
 
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FLAGS = flags.FLAGS
+# Every flag defined below is defined for the command that calls the DEFINE function: a key flag
+# of that command, listed by its --help (absl lists only the main module's key flags there).
+flags.disclaim_key_flags()
 
 
 class CommandError(Error, ValueError):
@@ -45,56 +39,48 @@ class CommandError(Error, ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs.
+# Destinations.
 
 
-def is_image(path):
-    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
+def check_writable(path, flag, folder=False):
+    """Fails in one line when `path` cannot be written, before any work is done.
 
-
-def is_video(path):
-    return os.fspath(path).lower().endswith(VIDEO_EXTENSIONS)
-
-
-def _walk(folder):
-    if "://" in folder:
-        import tensorflow as tf
-
-        yield from tf.io.gfile.walk(folder)
-    else:
-        yield from os.walk(folder)
-
-
-def find_images(paths):
-    """Files and folders -> the files to read, in a stable order.
-
-    A folder contributes its images (recursively, sorted, hidden entries skipped); a file named
-    explicitly is kept whatever its extension, and so is a path that does not exist, so that
-    reading it reports it by name.
+    `path` is a file to write (its folder may not exist yet: the nearest folder that does must
+    take a new file), or with `folder` a folder to write into. The test is a real one, an
+    anonymous temporary file in that folder, so permissions, a read-only filesystem and root
+    are all judged as the write will be; nothing is left behind. Paths with a scheme (`gs://`)
+    are not checked: only a write can tell.
     """
-    out = []
-    for path in map(os.fspath, paths):
-        if not workdir.isdir(path):
-            out.append(path)
-            continue
-        for root, dirs, files in _walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            out.extend(
-                os.path.join(root, f)
-                for f in sorted(files)
-                if not f.startswith(".") and is_image(f)
-            )
-    return out
+    if "://" in os.fspath(path):
+        return
+    target = os.path.abspath(path)
+    where = f"{flag}={path}"
+    if os.path.isdir(target) and not folder:
+        raise CommandError(f"{where}: is a folder; expected a file name")
+    if os.path.exists(target) and not os.path.isdir(target) and folder:
+        raise CommandError(f"{where}: exists and is not a folder")
+    existing = target if folder else os.path.dirname(target)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise CommandError(f"{where}: its folder cannot be made: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise CommandError(f"{where}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 # ----------------------------------------------------------------------------------------------
 # The model.
 
 
-def define_model_flags():
-    """Flags that name the model: a run's workdir, or an official-format npz."""
+def define_model_flags(official=True):
+    """Flags that name the model: a run's workdir, or (with `official`) an official-format npz."""
     flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
     flags.DEFINE_string("params", None, workdir.PARAMS_HELP)
+    if not official:
+        return
     flags.DEFINE_string(
         "npz",
         None,
@@ -107,23 +93,32 @@ def define_model_flags():
     flags.DEFINE_integer("image_size", 224, "Input size of the --npz model.")
     flags.DEFINE_bool("use_se", False, "The --npz model has the SE block (a vit_se fine-tune).")
     flags.DEFINE_integer("se_reduction", 4, "SE reduction of the --npz model.")
+    face_crop = FaceCropParser()
     flags.DEFINE_flag(
         flags.Flag(
-            FaceCropParser(),
+            face_crop,
             flags.ArgumentSerializer(),
             "face_crop",
             "none",
-            "Face crop of the --npz model's inputs: none, haar or aligned (README, "
-            "'Preprocessing'); a bare --face_crop is haar, --noface_crop none. A run's export "
-            "says itself how it was trained.",
-            boolean=True,
+            f"<{'|'.join(face_crop.enum_values)}>: face crop of the --npz model's inputs "
+            "(README, 'Preprocessing'); true and false also work, as haar and none, and so do a "
+            "bare --face_crop (haar) and --noface_crop (none). A run's export says itself how "
+            "it was trained.",
         )
     )
 
 
-class FaceCropParser(flags.ArgumentParser):
-    """`--face_crop[=MODE]`: a mode of `vit_se.datasets.faces`, or a boolean as before (a bare
-    flag is 'true', hence 'haar'; `--noface_crop` is 'false', hence 'none')."""
+class FaceCropParser(flags.EnumParser):
+    """`--face_crop=MODE`: a mode of `vit_se.datasets.faces`, or a boolean as before.
+
+    Not an absl boolean flag, whose help would read `--[no]face_crop` and hide the modes; the
+    boolean spellings that flag had are rewritten by `run` (`BARE_SPELLINGS`).
+    """
+
+    def __init__(self):
+        from vit_se.datasets import faces
+
+        super().__init__(faces.MODES)
 
     def parse(self, argument):
         from vit_se.datasets import faces
@@ -132,6 +127,28 @@ class FaceCropParser(flags.ArgumentParser):
 
     def flag_type(self):
         return "face crop mode"
+
+
+# Flags with values that keep the spellings of the boolean flags they were: --NAME means
+# --NAME=ON, --noNAME means --NAME=OFF.
+BARE_SPELLINGS = {"face_crop": ("haar", "none")}
+
+
+def with_bare_spellings(argv, flag_values=FLAGS):
+    """argv with every bare `--NAME` / `--noNAME` of BARE_SPELLINGS given its value (up to `--`,
+    for defined flags only)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        for name, (on, off) in BARE_SPELLINGS.items():
+            if name not in flag_values:
+                continue
+            if arg in (f"--{name}", f"-{name}"):
+                out[i] = f"--{name}={on}"
+            elif arg in (f"--no{name}", f"-no{name}"):
+                out[i] = f"--{name}={off}"
+    return out
 
 
 def _labels_from_flags():
@@ -202,21 +219,47 @@ def define_verbose_flag():
     )
 
 
-def quiet_native_logs():
-    """TensorFlow's and libtpu's C++ logs: warnings and errors only, unless --verbose (or the
-    user set the variables). Before TensorFlow or libtpu is loaded to take effect."""
-    if getattr(FLAGS, "verbose", False):
+# What the native libraries print at start-up, each a variable they read when they load: a
+# user's own setting wins, and --verbose leaves them all alone.
+NATIVE_LOG_DEFAULTS = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ INFO lines
+    # TensorFlow's "oneDNN custom operations are on" line, printed before any log level applies.
+    # Its oneDNN kernels are matmuls and convolutions, which vit_se never asks TensorFlow for:
+    # decode, crop and resize give the same bytes with them off.
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "TPU_MIN_LOG_LEVEL": "2",
+    "TPU_STDERR_LOG_LEVEL": "2",
+}
+
+
+def _verbose_requested(argv):
+    """Whether argv turns --verbose on (the last spelling wins), read before flags are parsed."""
+    verbose = False
+    for arg in argv[1:]:
+        if arg == "--":
+            break
+        name, _, value = arg.lstrip("-").partition("=")
+        if name == "verbose":
+            verbose = not value or value.lower() in ("true", "t", "1")
+        elif name == "noverbose":
+            verbose = False
+    return verbose
+
+
+def quiet_native_logs(argv=None):
+    """Sets NATIVE_LOG_DEFAULTS unless `argv` (sys.argv) asks for --verbose. Only before
+    TensorFlow or libtpu is loaded does this take effect."""
+    if _verbose_requested(sys.argv if argv is None else argv):
         return
-    for name in ("TF_CPP_MIN_LOG_LEVEL", "TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL"):
-        os.environ.setdefault(name, "2")
+    for name, value in NATIVE_LOG_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def user_errors():
     """The exception types reported as one line (imported here, not above: see the docstring)."""
     from vit_se.checkpoint import CheckpointError
-    from vit_se.datasets.common import BadImagesError
 
-    return (Error, CheckpointError, BadImagesError, FileNotFoundError)
+    return (Error, CheckpointError, FileNotFoundError)
 
 
 def hide_accelerators_from_tensorflow():
@@ -250,19 +293,20 @@ def run(main, name, *, hide_accelerators=True):
 
     A flag that does not parse (an unknown `--config.FIELD`, a bad value) is one line too,
     keeping ml_collections' "did you mean". `hide_accelerators=False` leaves TensorFlow alone, for
-    a command that first checks its config without importing it (`vit_se.main`).
+    a command that first checks its config without importing it (`vit_se.main`). The native
+    libraries' start-up lines are quieted here too, for a command that imports TensorFlow only
+    when it runs (and at import, below, for one whose modules import it).
     """
 
     def parse(argv):
         try:
-            return FLAGS(argv)
+            return FLAGS(with_bare_spellings(argv))
         except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
             print(f"vit_se.{name}: {_one_line(e)}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     def wrapped(argv):
         logging.get_absl_handler().addFilter(QuietLogs())
-        quiet_native_logs()
         if hide_accelerators:
             hide_accelerators_from_tensorflow()
         errors = user_errors()
@@ -273,6 +317,7 @@ def run(main, name, *, hide_accelerators=True):
             print(f"vit_se.{name}: {e}", file=sys.stderr, flush=True)
             sys.exit(getattr(e, "exit_code", 1))
 
+    quiet_native_logs()
     app.run(wrapped, flags_parser=parse)
 
 
@@ -303,3 +348,16 @@ def resolve_config_paths(argv, names=("config",)):
                 item = f"{prefix}{candidate}{sep}{arg}"
         out.append(item)
     return out
+
+
+def _running_a_command():
+    """Whether this process is `python -m vit_se.<command>` (not a notebook or a test importing
+    vit_se, whose environment is theirs)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return bool(spec and (spec.name or "").startswith("vit_se."))
+
+
+# evaluate, analyze, kfold and the experiments import TensorFlow with their modules, before
+# `run` is called; each imports this module first.
+if _running_a_command():
+    quiet_native_logs()
