@@ -113,17 +113,6 @@ def _full_scale(img):
     return None
 
 
-def _open(source, name):
-    if not isinstance(source, str | os.PathLike):
-        return source
-    try:
-        return epath.Path(source).open("rb")
-    except FileNotFoundError:
-        raise BadImagesError(f"{name}: no such file") from None
-    except OSError as e:
-        raise BadImagesError(f"{name}: cannot read ({e.strerror or e})") from None
-
-
 def decode(source, name=None):
     """An image file (a path, local or gs://, or a binary file object) -> uint8 HxWxC, as stored.
 
@@ -134,32 +123,40 @@ def decode(source, name=None):
     colour is PIL's high byte (exact for x257 too).
     """
     name = name or os.fspath(source)
-    f = _open(source, name)
+    remote = isinstance(source, str | os.PathLike) and _remote(source)
+    f = None
     try:
+        f = epath.Path(source).open("rb") if remote else source
         with Image.open(f) as img:
             white = _full_scale(img) if img.mode.startswith("I") else None
             img.load()
-            mode = img.mode
-            if mode == "P":
-                arr = np.asarray(img.convert("RGB"))
-                if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(
-                    arr[..., 0], arr[..., 2]
-                ):
-                    arr = arr[..., :1]
-                return np.ascontiguousarray(arr)
-            if mode.startswith("I"):
-                if white is None:
-                    raise ValueError(f"{mode} pixels wider than 16 bits; expected 8 or 16")
-                arr = np.clip(np.asarray(img, dtype=np.float64), 0, white)
-                return np.round(arr * (255.0 / white)).astype(np.uint8)[..., None]
-            if mode in ("L", "1", "LA"):
-                return np.asarray(img.convert("L"))[..., None]
-            return np.asarray(img.convert("RGB"))
+            return _as_stored(img, white)
+    except FileNotFoundError:
+        raise BadImagesError(f"{name}: no such file") from None
+    except PermissionError as e:
+        raise BadImagesError(f"{name}: cannot read ({e.strerror})") from None
     except Exception as e:  # PIL raises several types for corrupt data.
         raise BadImagesError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
     finally:
-        if f is not source:
+        if remote and f is not None:
             f.close()
+
+
+def _as_stored(img, white):
+    mode = img.mode
+    if mode == "P":
+        arr = np.asarray(img.convert("RGB"))
+        if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            arr = arr[..., :1]
+        return np.ascontiguousarray(arr)
+    if mode.startswith("I"):
+        if white is None:
+            raise ValueError(f"{mode} pixels wider than 16 bits; expected 8 or 16")
+        arr = np.clip(np.asarray(img, dtype=np.float64), 0, white)
+        return np.round(arr * (255.0 / white)).astype(np.uint8)[..., None]
+    if mode in ("L", "1", "LA"):
+        return np.asarray(img.convert("L"))[..., None]
+    return np.asarray(img.convert("RGB"))
 
 
 def read_image(path):
