@@ -122,8 +122,9 @@ def decode(source, name=None):
     x257) decodes to its 8-bit values: 16-bit gray is rounded from value * 255 / 65535, 16-bit
     colour is PIL's high byte (exact for x257 too).
     """
-    name = name or os.fspath(source)
-    remote = isinstance(source, str | os.PathLike) and _remote(source)
+    is_path = isinstance(source, str | os.PathLike)
+    name = name or (os.fspath(source) if is_path else "image")
+    remote = is_path and _remote(source)
     f = None
     try:
         f = epath.Path(source).open("rb") if remote else source
