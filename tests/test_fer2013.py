@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from vit_se.datasets import common, labels
 from vit_se.datasets.fer2013 import fake_data, ferplus_distribution, ferplus_label
+from vit_se.datasets.fer2013 import fer2013_dataset_builder as fer2013_builder
 
 tfds.disable_progress_bar()
 COUNTS = {"train": 14, "public_test": 7, "private_test": 7}
@@ -347,10 +348,70 @@ def test_folders_unknown_class(fake_folders, tmp_path):
 
 def test_folders_test_name_without_prefix(fake_folders, tmp_path):
     manual = copy_fake(fake_folders, tmp_path)
-    first = sorted(os.listdir(manual / "test" / "sad"))[0]
-    os.rename(manual / "test" / "sad" / first, manual / "test" / "sad" / "Test_1.jpg")
-    with pytest.raises(ValueError, match="sad/Test_1.jpg: test image name starts with neither"):
+    sad = sorted(os.listdir(manual / "test" / "sad"))
+    os.rename(manual / "test" / "sad" / sad[0], manual / "test" / "sad" / "Test_1.jpg")
+    os.rename(manual / "test" / "sad" / sad[1], manual / "test" / "sad" / "img2.png")
+    with pytest.raises(common.LayoutError) as e:
         build(manual, tmp_path / "data", "folders")
+    assert str(e.value) == (
+        f"fer2013/folders: 2 image(s) under {manual} that the layout cannot place "
+        "(test/<class>/ images must be named PublicTest_* or PrivateTest_*, and every image "
+        "must be in a class folder): test/sad/Test_1.jpg, test/sad/img2.png"
+    )
+
+
+def test_folders_name_at_most_five_unplaceable_images_in_one_line(fake_folders, tmp_path):
+    manual = copy_fake(fake_folders, tmp_path)
+    for i in range(7):
+        shutil.copy(
+            manual / fake_folders[1]["train"][0][0], manual / "test" / "happy" / f"x{i}.jpg"
+        )
+    shutil.copy(manual / fake_folders[1]["train"][0][0], manual / "train" / "loose.jpg")
+    with pytest.raises(common.LayoutError) as e:
+        fer2013_builder.list_folders(str(manual))
+    text = str(e.value)
+    assert "\n" not in text and text.startswith("fer2013/folders: 8 image(s) under ")
+    assert text.endswith(
+        ": train/loose.jpg, test/happy/x0.jpg, test/happy/x1.jpg, test/happy/x2.jpg, "
+        "test/happy/x3.jpg and 3 more"
+    )
+    os.remove(manual / "train" / "loose.jpg")
+    for i in range(7):
+        os.remove(manual / "test" / "happy" / f"x{i}.jpg")
+    assert len(fer2013_builder.list_folders(str(manual))["public_test"]) == COUNTS["public_test"]
+
+
+def test_folders_other_files_are_skipped_with_one_warning_naming_them(
+    fake_folders, tmp_path, caplog
+):
+    manual = copy_fake(fake_folders, tmp_path)
+    (manual / "train" / "angry" / "Thumbs.db").write_bytes(b"")
+    (manual / "test" / "README.txt").write_text("")
+    (manual / "test" / "fear" / "more").mkdir()
+    (manual / "test" / "sad" / ".DS_Store").write_bytes(b"")  # hidden: not even named
+    with caplog.at_level("WARNING"):
+        items = fer2013_builder.list_folders(str(manual))
+    assert {split: len(v) for split, v in items.items()} == COUNTS
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"fer2013/folders: skipped 3 file(s) or folder(s) that are not images in class folders "
+        f"under {manual}: train/angry/Thumbs.db, test/README.txt, test/fear/more/"
+    ]
+
+
+@pytest.mark.parametrize(
+    "prefix, split", [("PublicTest_", "public_test"), ("PrivateTest_", "private_test")]
+)
+def test_folders_missing_test_split_is_named(fake_folders, tmp_path, prefix, split):
+    manual = copy_fake(fake_folders, tmp_path)
+    for path in (manual / "test").glob(f"*/{prefix}*"):
+        path.unlink()
+    with pytest.raises(common.LayoutError) as e:
+        build(manual, tmp_path / "data", "folders")  # not tfds' "No examples were yielded"
+    assert str(e.value) == (
+        f"fer2013/folders: split {split!r} has no images: expected test/<class>/{prefix}*.jpg "
+        f"under {manual}"
+    )
 
 
 def test_folders_unreadable_images(fake_folders, tmp_path, caplog):

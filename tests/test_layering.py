@@ -17,6 +17,7 @@ LAYERS = [
     # Facts, files and errors: no vit_se imports above this line.
     [
         "errors",
+        "native_logs",
         "choices",
         "metrics",
         "model_configs",
@@ -29,7 +30,8 @@ LAYERS = [
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
     ["workdir", "configs.common", "datasets.common", "datasets.registry"],
-    ["datasets.synthetic_faces"],
+    # Finding, sniffing and reading images and videos: for the builders below and the commands.
+    ["datasets.synthetic_faces", "media"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
     ["datasets.*", "configs"],
     # The model and its checkpoints.
@@ -48,13 +50,14 @@ LAYERS = [
         "run_lock",
         "tracking",
     ],
+    # Predictions drawn onto their inputs: figures over media, below the command layer.
+    ["annotate"],
     ["seeds"],
     ["state_checkpoints"],
     # The trainer; a trained model back from disk.
     ["train", "inference", "export_onnx", "export_safetensors"],
-    # The command layer; the aggregate over folds.
+    # The command layer; the aggregate over folds. Nothing below it imports cli.
     ["cli", "folds"],
-    ["annotate"],
     # Commands.
     ["kfold", "evaluate", "predict", "analyze", "export", "config_fields", "build_dataset"],
     # Result grids built from the commands, and the training entry point (--seeds reports runs

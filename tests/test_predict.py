@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import run_module
 
-from vit_se import inference, predict
+from vit_se import inference, media, predict
 from vit_se.datasets.labels import CLASS_NAMES
 from vit_se.datasets.synthetic_faces import draw_face, save_image
 
@@ -101,7 +101,7 @@ def test_predict_paths_folder_and_video_rows(trained, inputs):
         _check_row(row, CLASS_NAMES)
     # The same numbers as the model on the evaluation transform of each file, one at a time:
     # preprocessing is evaluation's, and batching/padding changes nothing.
-    x = np.stack([inference.preprocess(inference.read_image(f), trained.info) for f in files])
+    x = np.stack([inference.preprocess(media.read_image(f), trained.info) for f in files])
     want = trained.probabilities(x)
     got = np.array([[r[c] for c in CLASS_NAMES] for r in rows[: len(files)]])
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -247,6 +247,97 @@ def test_flag_errors(workdir):
     assert r.stderr.strip().splitlines()[-1] == (
         "vit_se.predict: --out must end with .csv or .json, got 'x.txt'"
     )
+
+
+def test_a_sixteen_bit_png_predicts_as_its_eight_bit_original(trained, tmp_path):
+    """16-bit PNGs written by the test itself (each 8-bit value x257, as image tools widen) give
+    the 8-bit image's pixels and so its prediction, to the bit: scaled by the bit depth."""
+    rng = np.random.default_rng(5)
+    gray = draw_face(2, 64, rng)  # HxWx1; its values stay below 255, so a stretch would show
+    rgb = draw_face(4, 64, rng, rgb=True)
+    assert gray.max() < 250
+    pairs = []
+    for name, face in (("gray", gray), ("rgb", rgb)):
+        eight, sixteen = tmp_path / f"{name}8.png", tmp_path / f"{name}16.png"
+        save_image(face, eight)
+        wide = face.astype(np.uint16) * 257
+        assert cv2.imwrite(str(sixteen), wide[..., 0] if name == "gray" else wide[..., ::-1])
+        assert cv2.imread(str(sixteen), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+        np.testing.assert_array_equal(media.read_image(sixteen), media.read_image(eight))
+        pairs.append((str(eight), str(sixteen)))
+    for eight, sixteen in pairs:
+        (a,) = predict.predict_paths(trained, [eight], batch_size=1)
+        (b,) = predict.predict_paths(trained, [sixteen], batch_size=1)
+        assert [a[c] for c in CLASS_NAMES] == [b[c] for c in CLASS_NAMES]
+
+
+def test_nothing_to_read_fails_in_one_line(trained, inputs, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("not an image")
+    with pytest.raises(predict.cli.CommandError, match=f"^no image files in {empty} "):
+        predict.predict_paths(trained, [str(empty)])
+    only_bad = [inputs["bad"], str(tmp_path / "missing.jpg")]
+    for skip_bad in (False, True):
+        with pytest.raises(predict.BadImagesError) as e:
+            predict.predict_paths(trained, only_bad, skip_bad=skip_bad)
+        text = str(e.value)
+        assert "\n" not in text and text.startswith(f"nothing readable in {', '.join(only_bad)}: ")
+        assert f"{tmp_path / 'missing.jpg'}: no such file" in text
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_cli_no_readable_input_fails_and_writes_nothing(workdir, inputs, tmp_path, skip_bad):
+    out = tmp_path / "out" / "p.csv"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [f"--workdir={workdir}", f"--out={out}", *(["--skip_bad"] if skip_bad else [])]
+    r = run_module("vit_se.predict", *args, str(empty))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"vit_se.predict: no image files in {empty} (a folder gives its files ending in "
+        ".png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm, searched recursively; a video is "
+        "read when named)"
+    ]
+    r = run_module("vit_se.predict", *args, inputs["bad"])  # the model loads (its INFO line)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"vit_se.predict: nothing readable in {inputs['bad']}: {inputs['bad']}: cannot decode "
+        f"image (UnidentifiedImageError: cannot identify image file {inputs['bad']!r})"
+    ), r.stderr[-2000:]
+    assert not out.parent.exists()
+
+
+def _unwritable_folder(tmp_path):
+    """A folder this process cannot write into; where chmod does not stop it (root), a path
+    under a regular file, which no one can make a folder in."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").write_text("")
+    except OSError:
+        return folder, str(folder)
+    (folder / "probe").unlink()
+    regular = tmp_path / "a_file"
+    regular.write_text("")
+    return regular / "sub", str(regular)
+
+
+@pytest.mark.parametrize("flag", ["out", "annotate"])
+def test_cli_unwritable_destination_fails_before_the_model_loads(inputs, tmp_path, flag):
+    folder, blocker = _unwritable_folder(tmp_path)
+    target = folder / "p.csv" if flag == "out" else folder / "annotated"
+    # A workdir that does not exist: the destination's error comes first, so it was checked
+    # before the model was looked for, let alone loaded or run.
+    r = run_module(
+        "vit_se.predict", "--workdir=/nonexistent/run", f"--{flag}={target}", inputs["faces"]
+    )
+    (tmp_path / "read_only").chmod(0o755)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vit_se.predict: --{flag}={target}: "), lines
+    assert blocker in lines[0] and "export.json" not in lines[0]
 
 
 # ------------------------------------------------------------------------------ per face

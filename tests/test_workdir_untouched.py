@@ -70,7 +70,7 @@ def test_a_workdir_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(workdir.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(workdir.tempfile, "TemporaryFile", read_only)
     with pytest.raises(workdir.WorkdirError) as e:
         config_checks.prepare(demo.get_config(), str(tmp_path / "run"), device_count=1)
     assert str(e.value) == f"{tmp_path}/run: cannot write in {tmp_path} (Read-only file system)"

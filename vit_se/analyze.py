@@ -31,7 +31,7 @@ import re
 import numpy as np
 from absl import flags, logging
 
-from vit_se import attention, cli, figures, inference, workdir
+from vit_se import attention, cli, figures, inference, media, workdir
 
 
 def load_inputs(paths, info):
@@ -39,7 +39,7 @@ def load_inputs(paths, info):
     inputs, kept, skipped = [], [], []
     for p in paths:
         try:
-            inputs.append(inference.preprocess(inference.read_image(p), info))
+            inputs.append(inference.preprocess(media.read_image(p), info))
             kept.append(p)
         except Exception as e:  # noqa: BLE001 - report the file and carry on with the rest
             logging.warning("skipping %s: %s", p, e)
@@ -65,7 +65,7 @@ def analyze_files(
     source=None,
 ):
     """Runs every analysis on image files and writes the figures; returns the summary dict."""
-    files = cli.find_images(paths)
+    files = media.find(paths)
     if not files:
         raise cli.CommandError(f"no image files in {', '.join(paths)}")
     x, kept, skipped = load_inputs(files, trained.info)

@@ -3,7 +3,8 @@
 Images become DIR/<name>.annotated.png, videos DIR/<name>.annotated.avi (MJPG at the source frame
 rate, every frame, each showing the boxes of the latest sampled frame), <name> being the input's
 path relative to the inputs' common folder. Each file is written whole or not at all. A module of
-its own because it is the one part of prediction that encodes images and videos.
+its own because it is the one part of prediction that encodes images and videos; reading them is
+`vit_se.media`'s.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import os
 import shutil
 import tempfile
 
-from vit_se import cli, workdir
-from vit_se.datasets.common import BadImagesError
+from vit_se import media, workdir
+from vit_se.errors import Error
+
+
+class AnnotationError(Error, RuntimeError):
+    """An annotated image or video that OpenCV cannot encode here."""
 
 
 def _label_text(row):
@@ -43,7 +48,7 @@ def annotated_names(files, out_dir):
     for f in files:
         rel = os.path.relpath(os.path.abspath(f), root)
         out[f] = os.path.join(
-            out_dir, rel + (".annotated.avi" if cli.is_video(f) else ".annotated.png")
+            out_dir, rel + (".annotated.avi" if media.is_video(f) else ".annotated.png")
         )
     return out
 
@@ -53,7 +58,7 @@ def annotate(rows, out_dir, every_nth_frame=1):
     returns the paths written. Rows of `predict_paths` (no box) draw the label in a corner."""
     import cv2
 
-    from vit_se import figures, inference
+    from vit_se import figures
 
     by_file = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in rows:
@@ -62,11 +67,11 @@ def annotate(rows, out_dir, every_nth_frame=1):
     written = []
     for path, frames in by_file.items():
         target = names[path]
-        if not cli.is_video(path):
-            image = figures.draw_labels(inference.read_image(path), _items(frames[None]))
+        if not media.is_video(path):
+            image = figures.draw_labels(media.read_image(path), _items(frames[None]))
             ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             if not ok:
-                raise cli.CommandError(f"{target}: OpenCV cannot encode PNG")
+                raise AnnotationError(f"{target}: OpenCV cannot encode PNG")
             workdir.write_bytes(target, png.tobytes())
         else:
             _annotate_video(path, target, frames, every_nth_frame)
@@ -80,8 +85,7 @@ def _annotate_video(path, target, frames, every_nth_frame):
 
     from vit_se import figures
 
-    cap = cv2.VideoCapture(path)
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    fps = media.frame_rate(path)
     local_dir = (
         tempfile.gettempdir() if "://" in target else os.path.dirname(os.path.abspath(target))
     )
@@ -90,23 +94,15 @@ def _annotate_video(path, target, frames, every_nth_frame):
     os.close(fd)
     writer = None
     try:
-        index = 0
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
+        for index, rgb in media.frames(path):
             sampled = index - index % every_nth_frame
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             drawn = figures.draw_labels(rgb, _items(frames.get(sampled, [])))
             if writer is None:
                 h, w = drawn.shape[:2]
                 writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
                 if not writer.isOpened():
-                    raise cli.CommandError(f"{target}: OpenCV cannot write an MJPG video")
+                    raise AnnotationError(f"{target}: OpenCV cannot write an MJPG video")
             writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-            index += 1
-        if writer is None:
-            raise BadImagesError(f"{path}: cannot read any frame of the video")
         writer.release()
         writer = None
         if "://" in target:
@@ -117,7 +113,6 @@ def _annotate_video(path, target, frames, every_nth_frame):
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
     finally:
-        cap.release()
         if writer is not None:
             writer.release()
         if os.path.exists(tmp):

@@ -3,14 +3,17 @@ commands) share, so they cannot disagree.
 
 - One way to load a model from flags (`define_model_flags` + `load_model`): a finished run's
   workdir, whose default parameter file is the same for every command (`workdir.PARAMS_HELP`), or
-  an official-format `.npz` with its variant and class names.
-- One image finder (`find_images`): one list of extensions, folders searched recursively in sorted
-  order, hidden files and folders skipped.
+  an official-format `.npz` with its variant and class names. The flags this module defines are
+  its callers' own (absl's `disclaim_key_flags`), so each command's `--help` lists them.
+- Destinations checked before the work starts (`check_writable`).
 - One error handler and log filter (`run`): a user's mistake (`vit_se.errors.Error` and the
   file/checkpoint errors) is one line on stderr and the error's exit status (1 unless it says
-  otherwise: a pre-empted run exits 75, a diverged one 3); orbax's per-save INFO lines are
-  dropped; TensorFlow, which only feeds data, is kept off the accelerators JAX owns.
+  otherwise: a pre-empted run exits 75, a diverged one 3), with nothing from TensorFlow's or
+  libtpu's start-up before it; orbax's per-save INFO lines are dropped; TensorFlow, which only
+  feeds data, is kept off the accelerators JAX owns.
 - Config files named on the command line load from any folder (`resolve_config_paths`).
+
+Finding and reading images and videos is `vit_se.media`'s.
 """
 
 from __future__ import annotations
@@ -24,20 +27,10 @@ from absl import app, flags, logging
 from vit_se import workdir
 from vit_se.errors import Error
 
-IMAGE_EXTENSIONS = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-)
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 FLAGS = flags.FLAGS
+# Every flag defined below is defined for the command that calls the DEFINE function: a key flag
+# of that command, listed by its --help (absl lists only the main module's key flags there).
+flags.disclaim_key_flags()
 
 
 class CommandError(Error, ValueError):
@@ -45,56 +38,25 @@ class CommandError(Error, ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Inputs.
+# Destinations.
 
 
-def is_image(path):
-    return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS)
-
-
-def is_video(path):
-    return os.fspath(path).lower().endswith(VIDEO_EXTENSIONS)
-
-
-def _walk(folder):
-    if "://" in folder:
-        import tensorflow as tf
-
-        yield from tf.io.gfile.walk(folder)
-    else:
-        yield from os.walk(folder)
-
-
-def find_images(paths):
-    """Files and folders -> the files to read, in a stable order.
-
-    A folder contributes its images (recursively, sorted, hidden entries skipped); a file named
-    explicitly is kept whatever its extension, and so is a path that does not exist, so that
-    reading it reports it by name.
-    """
-    out = []
-    for path in map(os.fspath, paths):
-        if not workdir.isdir(path):
-            out.append(path)
-            continue
-        for root, dirs, files in _walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            out.extend(
-                os.path.join(root, f)
-                for f in sorted(files)
-                if not f.startswith(".") and is_image(f)
-            )
-    return out
+def check_writable(path, flag, folder=False):
+    """Fails in one line naming `flag` when `path` (a file, or with `folder` a folder to write
+    into) cannot be written, before any work is done (the test is `workdir.check_writable`'s)."""
+    workdir.check_writable(path, f"{flag}={path}", folder=folder, error=CommandError)
 
 
 # ----------------------------------------------------------------------------------------------
 # The model.
 
 
-def define_model_flags():
-    """Flags that name the model: a run's workdir, or an official-format npz."""
+def define_model_flags(official=True):
+    """Flags that name the model: a run's workdir, or (with `official`) an official-format npz."""
     flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
     flags.DEFINE_string("params", None, workdir.PARAMS_HELP)
+    if not official:
+        return
     flags.DEFINE_string(
         "npz",
         None,
@@ -107,23 +69,32 @@ def define_model_flags():
     flags.DEFINE_integer("image_size", 224, "Input size of the --npz model.")
     flags.DEFINE_bool("use_se", False, "The --npz model has the SE block (a vit_se fine-tune).")
     flags.DEFINE_integer("se_reduction", 4, "SE reduction of the --npz model.")
+    face_crop = FaceCropParser()
     flags.DEFINE_flag(
         flags.Flag(
-            FaceCropParser(),
+            face_crop,
             flags.ArgumentSerializer(),
             "face_crop",
             "none",
-            "Face crop of the --npz model's inputs: none, haar or aligned (README, "
-            "'Preprocessing'); a bare --face_crop is haar, --noface_crop none. A run's export "
-            "says itself how it was trained.",
-            boolean=True,
+            f"<{'|'.join(face_crop.enum_values)}>: face crop of the --npz model's inputs "
+            "(README, 'Preprocessing'); true and false also work, as haar and none, and so do a "
+            "bare --face_crop (haar) and --noface_crop (none). A run's export says itself how "
+            "it was trained.",
         )
     )
 
 
-class FaceCropParser(flags.ArgumentParser):
-    """`--face_crop[=MODE]`: a mode of `vit_se.datasets.faces`, or a boolean as before (a bare
-    flag is 'true', hence 'haar'; `--noface_crop` is 'false', hence 'none')."""
+class FaceCropParser(flags.EnumParser):
+    """`--face_crop=MODE`: a mode of `vit_se.datasets.faces`, or a boolean as before.
+
+    Not an absl boolean flag, whose help would read `--[no]face_crop` and hide the modes; the
+    boolean spellings that flag had are rewritten by `run` (`BARE_SPELLINGS`).
+    """
+
+    def __init__(self):
+        from vit_se.datasets import faces
+
+        super().__init__(faces.MODES)
 
     def parse(self, argument):
         from vit_se.datasets import faces
@@ -132,6 +103,28 @@ class FaceCropParser(flags.ArgumentParser):
 
     def flag_type(self):
         return "face crop mode"
+
+
+# Flags with values that keep the spellings of the boolean flags they were: --NAME means
+# --NAME=ON, --noNAME means --NAME=OFF.
+BARE_SPELLINGS = {"face_crop": ("haar", "none")}
+
+
+def with_bare_spellings(argv, flag_values=FLAGS):
+    """argv with every bare `--NAME` / `--noNAME` of BARE_SPELLINGS given its value (up to `--`,
+    for defined flags only)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        for name, (on, off) in BARE_SPELLINGS.items():
+            if name not in flag_values:
+                continue
+            if arg in (f"--{name}", f"-{name}"):
+                out[i] = f"--{name}={on}"
+            elif arg in (f"--no{name}", f"-no{name}"):
+                out[i] = f"--{name}={off}"
+    return out
 
 
 def _labels_from_flags():
@@ -202,21 +195,11 @@ def define_verbose_flag():
     )
 
 
-def quiet_native_logs():
-    """TensorFlow's and libtpu's C++ logs: warnings and errors only, unless --verbose (or the
-    user set the variables). Before TensorFlow or libtpu is loaded to take effect."""
-    if getattr(FLAGS, "verbose", False):
-        return
-    for name in ("TF_CPP_MIN_LOG_LEVEL", "TPU_MIN_LOG_LEVEL", "TPU_STDERR_LOG_LEVEL"):
-        os.environ.setdefault(name, "2")
-
-
 def user_errors():
     """The exception types reported as one line (imported here, not above: see the docstring)."""
     from vit_se.checkpoint import CheckpointError
-    from vit_se.datasets.common import BadImagesError
 
-    return (Error, CheckpointError, BadImagesError, FileNotFoundError)
+    return (Error, CheckpointError, FileNotFoundError)
 
 
 def hide_accelerators_from_tensorflow():
@@ -250,19 +233,20 @@ def run(main, name, *, hide_accelerators=True):
 
     A flag that does not parse (an unknown `--config.FIELD`, a bad value) is one line too,
     keeping ml_collections' "did you mean". `hide_accelerators=False` leaves TensorFlow alone, for
-    a command that first checks its config without importing it (`vit_se.main`).
+    a command that first checks its config without importing it (`vit_se.main`). The native
+    libraries' start-up lines are quieted here too, for a command that imports TensorFlow only
+    when it runs (and at import, below, for one whose modules import it).
     """
 
     def parse(argv):
         try:
-            return FLAGS(argv)
+            return FLAGS(with_bare_spellings(argv))
         except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
             print(f"vit_se.{name}: {_one_line(e)}", file=sys.stderr, flush=True)
             sys.exit(1)
 
     def wrapped(argv):
         logging.get_absl_handler().addFilter(QuietLogs())
-        quiet_native_logs()
         if hide_accelerators:
             hide_accelerators_from_tensorflow()
         errors = user_errors()

@@ -335,8 +335,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """Flags of the command (defined only when run as a program, so others can import this)."""
-    flags.DEFINE_string("workdir", None, "Workdir of a finished vit_se run (export.json + params).")
-    flags.DEFINE_string("params", None, workdir.PARAMS_HELP)
+    cli.define_model_flags(official=False)
     flags.DEFINE_string("split", None, "tfds split string; default: see the module docstring.")
     flags.DEFINE_string("dataset", None, f"Builder name ({', '.join(registry.NAMES)}).")
     flags.DEFINE_string("dataset_config", None, "Builder config, e.g. aligned, 7class, face224.")

@@ -96,12 +96,6 @@ def _load_params(model, path, image_size):
     return params
 
 
-def read_image(path):
-    """Any image file -> uint8 HxWx3 (gray repeated to RGB), naming the file when it fails."""
-    image = common.decode_image(path)
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
 def preprocess(image, info: workdir.ExportInfo):
     """uint8 HxWx{1,3} RGB -> float32 SxSx3 in [-1, 1], with the run's face crop and eval resize.
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vit_se import media
 from vit_se.datasets import common, faces, registry
 from vit_se.errors import Error
 
@@ -117,7 +118,7 @@ def _face_crop_encoded(encoded, mode="haar"):
     re-encoded losslessly so the result can be cached."""
 
     def crop(data):
-        image = common.decode_image(io.BytesIO(data), name="image")
+        image = media.decode(io.BytesIO(data), name="image")
         cropped, _ = common.crop_face(image, mode)
         if cropped.shape[-1] == 1:
             cropped = np.repeat(cropped, 3, axis=-1)

@@ -9,12 +9,13 @@
   python -m vit_se.predict --workdir=/tmp/run --faces [--detector=aligned] [--smooth=ema:0.3] \
       --annotate=annotated/ --out=faces.csv group.jpg clip.mp4
 
-Inputs: an image file; a folder (searched recursively for files with an image extension, hidden
-files and folders skipped, sorted); a video file (by extension, read with OpenCV; every Nth frame,
-counted from frame 0, is classified; OpenCV's BGR frames are converted to RGB; a progress line
-every --progress_every sampled frames). Each image goes through `inference.preprocess`, i.e. the
-run's face crop and the very transform evaluation used, so the model sees what it saw when it
-was scored.
+Inputs (found, sniffed and read by `vit_se.media`): an image file; a folder (searched
+recursively for files with an image extension, hidden files and folders skipped, sorted); a video
+file (by extension, read with OpenCV; every Nth frame, counted from frame 0, is classified;
+OpenCV's BGR frames are converted to RGB; a progress line every --progress_every sampled frames).
+16-bit images are scaled by their bit depth. Each image goes through `inference.preprocess`,
+i.e. the run's face crop and the very transform evaluation used, so the model sees what it saw
+when it was scored.
 
 Output: a table on stdout (file, frame for videos, predicted class, confidence) and, with --out,
 a CSV or JSON file (by extension) with one row per image or sampled frame: `file`, `frame`
@@ -37,7 +38,11 @@ are counted per file and reported (the table's footer, the JSON's `no_face`).
 Unreadable inputs (undecodable image, video that opens to no frame, missing path) are each named
 on one line. By default the command then fails listing all of them and writes nothing (the model
 is not run once the first bad file is seen, but every input is still read so the list is
-complete); with --skip_bad they are skipped and counted.
+complete); with --skip_bad they are skipped and counted. No input at all (folders without
+images) and no readable input are each one line, and nothing is written.
+
+Before the model is loaded: the inputs are found, and --out and --annotate must be writable (a
+real test write, `cli.check_writable`).
 """
 
 from __future__ import annotations
@@ -46,13 +51,11 @@ import collections
 import csv
 import io
 import json
-import os
-import time
 
 import numpy as np
 from absl import app, flags, logging
 
-from vit_se import annotate, cli, tracking, workdir
+from vit_se import annotate, cli, media, tracking, workdir
 from vit_se.datasets.common import BadImagesError
 
 FIXED_COLUMNS = ("file", "frame", "predicted", "confidence")
@@ -75,52 +78,16 @@ DEFAULT_PROGRESS_EVERY = 100
 # ------------------------------------------------------------------------------------ inputs
 
 
-def _read_video(path, every_nth_frame, progress_every=DEFAULT_PROGRESS_EVERY):
-    """Yields (frame_index, RGB uint8 frame) for frames 0, N, 2N, ...; raises if none reads.
-
-    Logs a progress line every `progress_every` sampled frames (0: never).
-    """
-    import cv2
-
-    if not os.path.isfile(path):
-        raise BadImagesError(f"{path}: no such file")
-    cap = cv2.VideoCapture(path)
-    try:
-        if not cap.isOpened():
-            raise BadImagesError(f"{path}: cannot open video (OpenCV VideoCapture failed)")
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        start = time.time()
-        index = 0
-        kept = 0
-        while True:
-            if index % every_nth_frame == 0:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                kept += 1
-                if progress_every and kept % progress_every == 0:
-                    _log_progress(path, index, total, kept, time.time() - start)
-                yield index, np.ascontiguousarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            elif not cap.grab():  # skipped frames are not decoded
-                break
-            index += 1
-        if kept == 0:
-            raise BadImagesError(f"{path}: cannot read any frame of the video")
-    finally:
-        cap.release()
-
-
-def _log_progress(path, index, total, kept, seconds):
-    of = f" of {total} ({100 * (index + 1) / total:.1f}%)" if total else ""
-    logging.info(
-        "%s: frame %d%s, %d sampled frames in %.0f s (%.2f frames/s)",
-        path,
-        index,
-        of,
-        kept,
-        seconds,
-        kept / max(seconds, 1e-9),
-    )
+def find_inputs(paths):
+    """The files `paths` name (`media.find`: folders give their images); none is an error."""
+    files = media.find(paths)
+    if not files:
+        raise cli.CommandError(
+            f"no image files in {', '.join(map(str, paths))} (a folder gives its files ending in "
+            f"{' '.join(media.IMAGE_EXTENSIONS)}, searched recursively; a video is read when "
+            "named)"
+        )
+    return files
 
 
 def iter_inputs(paths, every_nth_frame=1, progress_every=DEFAULT_PROGRESS_EVERY):
@@ -129,23 +96,18 @@ def iter_inputs(paths, every_nth_frame=1, progress_every=DEFAULT_PROGRESS_EVERY)
     A bad file yields one item with the image None and a one-line error naming it. A video that
     breaks after some frames keeps the frames it gave.
     """
-    from vit_se import inference
-
-    for path in cli.find_images(paths):
-        if cli.is_video(path):
+    for path in find_inputs(paths):
+        if media.is_video(path):
             try:
-                for index, frame in _read_video(path, every_nth_frame, progress_every):
+                for index, frame in media.frames(path, every_nth_frame, progress_every):
                     yield path, index, frame, None
             except BadImagesError as e:
                 yield path, None, None, str(e)
         else:
             try:
-                if not os.path.exists(path):
-                    raise BadImagesError(f"{path}: no such file")
-                image = inference.read_image(path)
-            except (BadImagesError, OSError) as e:
-                msg = str(e) if str(e).startswith(path) else f"{path}: {e}"
-                yield path, None, None, msg
+                image = media.read_image(path)
+            except BadImagesError as e:
+                yield path, None, None, str(e)
                 continue
             yield path, None, image, None
 
@@ -194,7 +156,8 @@ def predict_paths(
       for images), predicted, confidence and one probability per class name.
 
     Raises:
-      BadImagesError listing every unreadable input (unless skip_bad).
+      BadImagesError listing every unreadable input (unless skip_bad), or in one line when no
+      input was readable (skip_bad or not); CommandError when `paths` name no file at all.
     """
     from vit_se import inference
 
@@ -202,7 +165,6 @@ def predict_paths(
     class_names = trained.class_names
     caller_collects = bad is not None
     bad = [] if bad is None else bad
-    first_bad = len(bad)
     rows, meta, batch = [], [], []
 
     def flush():
@@ -212,26 +174,54 @@ def predict_paths(
         meta.clear()
         batch.clear()
 
-    inputs = iter_inputs(paths, every_nth_frame, progress_every)
-    for path, frame, image in _readable(inputs, bad, first_bad, skip_bad):
+    inputs = _Readable(iter_inputs(paths, every_nth_frame, progress_every), bad, skip_bad)
+    for path, frame, image in inputs:
         meta.append((path, frame))
         batch.append(inference.preprocess(image, trained.info))
         if len(batch) == batch_size:
             flush()
     flush()
 
-    _report_bad(bad[first_bad:], skip_bad, caller_collects)
+    inputs.report(paths, caller_collects)
     return rows
 
 
-def _readable(inputs, bad, first_bad, skip_bad):
-    """(path, frame, image) of the readable inputs; each unreadable one appended to `bad`. Once
-    one is bad and not skipped the run fails anyway: the rest are only read, to list every one."""
-    for path, frame, image, error in inputs:
-        if error is not None:
-            bad.append(error)
-        elif skip_bad or len(bad) == first_bad:
-            yield path, frame, image
+class _Readable:
+    """(path, frame, image) of the readable inputs; each unreadable one's message appended to
+    `bad`. Once one is bad and not skipped the run fails anyway: the rest are only read, to list
+    every one (`report`)."""
+
+    def __init__(self, inputs, bad, skip_bad):
+        self.inputs = inputs
+        self.bad = bad
+        self.first_bad = len(bad)
+        self.skip_bad = skip_bad
+        self.readable = 0
+
+    def __iter__(self):
+        for path, frame, image, error in self.inputs:
+            if error is not None:
+                self.bad.append(error)
+                continue
+            self.readable += 1
+            if self.skip_bad or len(self.bad) == self.first_bad:
+                yield path, frame, image
+
+    def report(self, paths, caller_collects):
+        """No readable input: one line naming the inputs. Otherwise all unreadable inputs in
+        one error, or (skipping) a warning unless the caller lists them."""
+        new_bad = self.bad[self.first_bad :]
+        if new_bad and not self.readable:
+            raise BadImagesError(
+                f"nothing readable in {', '.join(map(str, paths))}: {'; '.join(new_bad)}"
+            )
+        if new_bad and not self.skip_bad:
+            raise BadImagesError(
+                f"{len(new_bad)} unreadable input(s) (pass --skip_bad to skip them):\n"
+                + "\n".join(new_bad)
+            )
+        if new_bad and not caller_collects:
+            logging.warning("skipped %d unreadable input(s): %s", len(new_bad), "; ".join(new_bad))
 
 
 def _probabilities(trained, inputs, batch_size):
@@ -240,17 +230,6 @@ def _probabilities(trained, inputs, batch_size):
     x = np.zeros((batch_size, size, size, 3), np.float32)
     x[:n] = np.stack(inputs)
     return trained.probabilities(x)[:n]
-
-
-def _report_bad(new_bad, skip_bad, caller_collects):
-    """All unreadable inputs in one error, or (skipping) a warning unless the caller lists them."""
-    if new_bad and not skip_bad:
-        raise BadImagesError(
-            f"{len(new_bad)} unreadable input(s) (pass --skip_bad to skip them):\n"
-            + "\n".join(new_bad)
-        )
-    if new_bad and not caller_collects:
-        logging.warning("skipped %d unreadable input(s): %s", len(new_bad), "; ".join(new_bad))
 
 
 def _check_args(trained, batch_size, every_nth_frame, columns):
@@ -299,7 +278,6 @@ def predict_faces(
     class_names = trained.class_names
     caller_collects = bad is not None
     bad = [] if bad is None else bad
-    first_bad = len(bad)
     no_face = collections.Counter() if no_face is None else no_face
     rows, pending = [], []
     tracker, tracked_file = None, None
@@ -312,8 +290,8 @@ def predict_faces(
             rows[i]["_p"] = p
         pending.clear()
 
-    inputs = iter_inputs(paths, every_nth_frame, progress_every)
-    for path, frame, image in _readable(inputs, bad, first_bad, skip_bad):
+    inputs = _Readable(iter_inputs(paths, every_nth_frame, progress_every), bad, skip_bad)
+    for path, frame, image in inputs:
         found = faces.detect(image, mode)
         if frame is not None and tracked_file != path:
             tracker = tracking.IoUTracker(iou_threshold)
@@ -345,7 +323,7 @@ def predict_faces(
                 flush()
     flush()
 
-    _report_bad(bad[first_bad:], skip_bad, caller_collects)
+    inputs.report(paths, caller_collects)
     smoother = tracking.Smoother(smoothing)
     for row in rows:
         p = row.pop("_p")
@@ -505,6 +483,13 @@ def main(argv):
             raise cli.CommandError(f"{' and '.join(used)}: per-face options; add --faces")
     if not 0 < FLAGS.iou_threshold <= 1:
         raise cli.CommandError(f"--iou_threshold must be in (0, 1], got {FLAGS.iou_threshold}")
+    # Everything that can be known before the model loads: that there is input, and that the
+    # results can be written.
+    find_inputs(paths)
+    if FLAGS.out:
+        cli.check_writable(FLAGS.out, "--out")
+    if FLAGS.annotate:
+        cli.check_writable(FLAGS.annotate, "--annotate", folder=True)
     trained = cli.load_model()
     bad = []
     common_args = dict(

@@ -142,27 +142,33 @@ def open_binary(path):
     return epath.Path(path).open("rb")
 
 
-def check_writable(path):
-    """Raises WorkdirError (one line) unless files can be created in `path` or, when it does not
-    exist yet, in the folder it would be made in. Nothing is left behind.
+def check_writable(path, where=None, folder=True, error=None):
+    """Raises `error` (WorkdirError by default; one line starting with `where`, the path unless
+    given) unless `path` can be written: with `folder`, a folder to write into, else a file; either
+    may not exist yet, and then the nearest folder that does must take a new file.
 
     Checked before a command starts its work, so that a read-only mount or a typo in a parent
-    folder costs a second, not a finished training or prediction. Object stores (gs://) say so
-    only on the first write.
+    folder costs a second, not a finished training or prediction. The test is a real write (an
+    anonymous temporary file), so permissions, a read-only filesystem and root are judged as the
+    write will be; nothing is left behind. Object stores (gs://) say so only on the first write.
     """
+    error = error or WorkdirError
+    where = where or os.fspath(path)
     if _remote(path):
         return
-    folder = os.path.abspath(os.fspath(path))
-    while not os.path.isdir(folder):
-        if os.path.exists(folder):
-            raise WorkdirError(f"{path}: {folder} is a file, not a folder")
-        folder = os.path.dirname(folder)
+    target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target) and not folder:
+        raise error(f"{where}: is a folder; expected a file name")
+    existing = target if folder else os.path.dirname(target)
+    while not os.path.isdir(existing):
+        if os.path.exists(existing):
+            raise error(f"{where}: {existing} is a file, not a folder")
+        existing = os.path.dirname(existing)
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".vit_se_write_check.")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
     except OSError as e:
-        raise WorkdirError(f"{path}: cannot write in {folder} ({e.strerror})") from None
-    os.close(fd)
-    os.remove(probe)
+        raise error(f"{where}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 def remove_if_empty(path):

@@ -1,9 +1,10 @@
-"""What every FER builder shares: reading images as stored, face crops, and loud checks.
+"""What every FER builder shares: face crops, loud checks and their errors.
 
 The databases are downloaded by hand from their owners, so the builders must say exactly which
-file is wrong when something is off (a truncated PNG, a label file missing) instead of producing a
-silently smaller dataset. That is why image reading goes through `ImageReader`, which collects every
-bad file before failing, and why split sizes are compared with the official counts.
+file is wrong when something is off (a truncated PNG, a label file missing, a file the layout
+cannot place) instead of producing a silently smaller dataset. That is why image reading goes
+through `vit_se.media.ImageReader`, which collects every bad file before failing, and why split
+sizes are compared with the official counts.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import zlib
 
 import numpy as np
 from absl import logging
-from PIL import Image, ImageFile
+from PIL import Image
 
 from vit_se.datasets import faces
-
-# Truncated files must fail, not be padded with grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+from vit_se.errors import Error
 
 
-class BadImagesError(ValueError):
-    """Raised when one or more images cannot be decoded; names every bad file."""
+class BadImagesError(Error, ValueError):
+    """One or more images or videos cannot be read; names every bad file."""
+
+
+class LayoutError(Error, ValueError):
+    """Files of a manual dir that the builder cannot place, or a split it finds no files for."""
 
 
 def check_manual_dir(manual_dir, dataset_name, hint):
@@ -40,7 +43,7 @@ def check_manual_dir(manual_dir, dataset_name, hint):
 
 
 class SkipBadImages:
-    """Mixin giving a builder the `skip_bad_images` keyword (see ImageReader).
+    """Mixin giving a builder the `skip_bad_images` keyword (see `vit_se.media.ImageReader`).
 
     Recorded in tfds' `_original_state` too, so a builder re-created from its pickled state (as
     tfds does for distributed generation) keeps the choice.
@@ -60,77 +63,6 @@ def manual_dir(dl_manager, dataset_name, hint):
     """
     path = getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir
     return check_manual_dir(path, dataset_name, hint)
-
-
-def decode_image(path_or_file, name=None):
-    """Decodes an image file to uint8 HxWxC with C = 1 (gray) or 3 (RGB), as stored.
-
-    Palette images (some JAFFE tiffs) are expanded: to gray when the palette is gray, else RGB.
-    16-bit gray is rescaled to 8 bits. Alpha is dropped.
-    """
-    name = name or os.fspath(path_or_file)
-    try:
-        with Image.open(path_or_file) as img:
-            img.load()
-            mode = img.mode
-            if mode == "P":
-                img = img.convert("RGB")
-                arr = np.asarray(img)
-                if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(
-                    arr[..., 0], arr[..., 2]
-                ):
-                    arr = arr[..., :1]
-                return np.ascontiguousarray(arr)
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                peak = arr.max() if arr.max() > 0 else 1.0
-                arr = np.round(arr * (255.0 / max(peak, 255.0))).astype(np.uint8)
-                return arr[..., None]
-            if mode in ("L", "1"):
-                return np.asarray(img.convert("L"))[..., None]
-            if mode == "LA":
-                return np.asarray(img.convert("L"))[..., None]
-            return np.asarray(img.convert("RGB"))
-    except Exception as e:  # PIL raises several types for corrupt data.
-        raise BadImagesError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
-
-
-class ImageReader:
-    """Decodes images, recording failures so one build reports every bad file at once.
-
-    With `skip_bad=False` (the default of every builder) `finish()` raises listing all bad files;
-    with `skip_bad=True` they are dropped and `finish()` logs how many were skipped.
-    """
-
-    def __init__(self, dataset_name, skip_bad=False):
-        self.dataset_name = dataset_name
-        self.skip_bad = skip_bad
-        self.bad = []
-
-    def read(self, path):
-        """Returns the decoded image, or None when the file is bad (recorded)."""
-        try:
-            with open(path, "rb") as f:
-                return decode_image(f, name=os.fspath(path))
-        except (BadImagesError, OSError) as e:
-            self.bad.append(str(e))
-            return None
-
-    def finish(self):
-        if not self.bad:
-            return 0
-        if self.skip_bad:
-            logging.warning(
-                "%s: skipped %d unreadable image(s): %s",
-                self.dataset_name,
-                len(self.bad),
-                "; ".join(self.bad),
-            )
-            return len(self.bad)
-        raise BadImagesError(
-            f"{self.dataset_name}: {len(self.bad)} unreadable image(s) ({SKIP_HINT}): "
-            + "; ".join(self.bad)
-        )
 
 
 # Where a user can turn skipping on: the trainer's field, or the builder's keyword.

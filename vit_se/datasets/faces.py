@@ -4,10 +4,10 @@ Conventions (the one place they are fixed; everything else refers here):
 
 - Colour order: every image array in vit_se is RGB, uint8, HxWx3 (gray images are HxWx1 and are
   repeated to three channels wherever a detector or the model needs colour). OpenCV's BGR exists
-  only at the file boundary: `vit_se.predict` converts each video frame with
-  `cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)` as it is read and each annotated image or frame with
-  `COLOR_RGB2BGR` as it is written; nothing in between is ever BGR. The Haar cascade sees luma
-  (the channel mean), MTCNN sees RGB (it was trained on RGB).
+  only at the file boundary: `vit_se.media` converts each video frame with
+  `cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)` as it is read, `vit_se.annotate` each annotated image
+  or frame with `COLOR_RGB2BGR` as it is written; nothing in between is ever BGR. The Haar
+  cascade sees luma (the channel mean), MTCNN sees RGB (it was trained on RGB).
 - Resize methods: an aligned crop is one `cv2.warpAffine` with bilinear interpolation
   (`INTER_LINEAR`) and black borders, after an `INTER_AREA` shrink of the image by an integer
   factor when the face is more than twice the crop's scale (so a large face is not aliased);

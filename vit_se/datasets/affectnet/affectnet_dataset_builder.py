@@ -75,6 +75,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from vit_se import media
 from vit_se.datasets import common, faces, labels
 
 NAME = "affectnet"
@@ -101,7 +102,6 @@ OFFICIAL_COUNTS = {
 }
 # Split folders of the class-folder variant and the split each becomes.
 FOLDER_SPLITS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 LOG_EVERY = 10_000
 FACEBOX_JPEG_QUALITY = 95
 ALIGNED_SIZE = 224
@@ -339,7 +339,7 @@ class _ZipImages:
 
 @dataclasses.dataclass
 class _BuildState:
-    reader: common.ImageReader
+    reader: media.ImageReader
     skip_lines: dict  # split -> CSV lines (or folder keys) not to generate
     clipped_boxes: int = 0
     aligned: int = 0  # images aligned (aligned configs)
@@ -418,7 +418,7 @@ The distribution holds a few unreadable files: a build names all of them in one 
         config = self.builder_config
         manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
         lists = _find_lists(manual_dir, dl_manager)
-        reader = common.ImageReader(NAME, self._skip_bad_images)
+        reader = media.ImageReader(NAME, self._skip_bad_images)
         if lists is not None:
             images = _find_images(manual_dir, lists)
             scans = {
@@ -551,7 +551,7 @@ The distribution holds a few unreadable files: a build names all of them in one 
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 stored_as_is = probe.format == "JPEG" and probe.mode in ("RGB", "L")
-            image = common.decode_image(io.BytesIO(data), name=item.where)
+            image = media.decode(io.BytesIO(data), name=item.where)
         except common.BadImagesError as e:
             state.reader.bad.append(str(e))
             return None
@@ -853,11 +853,7 @@ def _list_class_folders(root, contempt):
             if not folder.isdigit():
                 raise ValueError(f"{where}: {folder!r} is not an AffectNet code 0..7")
             code = int(folder)
-            names = sorted(
-                n
-                for n in os.listdir(folder_path)
-                if n[0] != "." and n.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            names = [os.path.basename(p) for p in media.find([folder_path], recursive=False)]
             if code in labels.AFFECTNET_NON_EXPRESSION_CODES:
                 scan.dropped[labels.AFFECTNET_NON_EXPRESSION_CODES[code]] += len(names)
                 continue

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vit_se import media
 from vit_se.datasets import common, labels
 
 NAME = "ck_plus"
@@ -252,7 +253,7 @@ folder instead: DIR/CK+48/{anger,contempt,disgust,fear,happy,sadness,surprise}/S
         if empty:
             raise ValueError(f"{NAME}: folds {empty} have no images under {manual_dir!r}")
         state = _BuildState(
-            common.ImageReader(NAME, self._skip_bad_images),
+            media.ImageReader(NAME, self._skip_bad_images),
             common.FaceCropper(NAME, config.face_crop, config.face_size or None),
         )
         return {
@@ -364,7 +365,7 @@ folder instead: DIR/CK+48/{anger,contempt,disgust,fear,happy,sadness,surprise}/S
 
 @dataclasses.dataclass
 class _BuildState:
-    reader: common.ImageReader
+    reader: media.ImageReader
     cropper: common.FaceCropper
 
 

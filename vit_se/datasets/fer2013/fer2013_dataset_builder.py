@@ -32,6 +32,9 @@ Configs:
     `info.metadata['dropped_rows']`; `votes` keeps the raw counts in every mode.
   folders: the widely shared variant `train/<class>/Training_<n>.jpg`, `test/<class>/PublicTest_<n>
     .jpg` and `test/<class>/PrivateTest_<n>.jpg`; test images are split by their name prefix.
+    An image it cannot place (a test image with neither prefix, an image outside the class
+    folders) and a split without images fail the build in one line; other files are skipped
+    with a warning naming them (`list_folders`).
 """
 
 from __future__ import annotations
@@ -45,12 +48,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vit_se import media
 from vit_se.datasets import common, labels
 
 NAME = "fer2013"
 SIZE = 48
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "public_test", "PrivateTest": "private_test"}
 PREFIX_TO_SPLIT = {"PublicTest_": "public_test", "PrivateTest_": "private_test"}
+# Where the folder variant's images of each split lie, as its errors name them.
+FOLDER_SPLIT_FILES = {
+    "train": "train/<class>/*.jpg",
+    "public_test": "test/<class>/PublicTest_*.jpg",
+    "private_test": "test/<class>/PrivateTest_*.jpg",
+}
 OFFICIAL_COUNTS = {"train": 28709, "public_test": 3589, "private_test": 3589}
 FERPLUS_FILE = "fer2013new.csv"
 FOLDER_ARCHIVES = ("archive.zip", "fer2013.zip")
@@ -322,7 +332,7 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
 
     def _split_generators(self, dl_manager):
         manual_dir = common.manual_dir(dl_manager, NAME, _HINT)
-        reader = common.ImageReader(NAME, self._skip_bad_images)
+        reader = media.ImageReader(NAME, self._skip_bad_images)
         source = self.builder_config.source
         if source == "folders":
             items = list_folders(_find_folders(manual_dir, dl_manager))
@@ -387,31 +397,71 @@ Place in the manual dir (default ~/tensorflow_datasets/downloads/manual/, or --m
 def list_folders(root):
     """Returns {split: [(train|test/<class>/<file>, path, label)]} of the folder variant.
 
-    Raises a ValueError naming the folder for an unknown class, or the file for a test image
-    whose name starts with neither PublicTest_ nor PrivateTest_.
+    Every image must find a split and a class: train/<class>/ images are training images
+    whatever their name; test/<class>/ images are split by their name prefix, PublicTest_ or
+    PrivateTest_. An image the layout cannot place (a test image with neither prefix, an image
+    outside the class folders) fails the build, naming the count and the first of them: the
+    two test splits are the benchmark's, so neither guessing a split nor dropping images is
+    safe. So does a split with no image at all (instead of tfds' "No examples were yielded").
+    Files without an image extension (Thumbs.db, notes) and folders inside the class folders
+    are not the layout's data: skipped, with one warning that counts and names them. An unknown
+    class folder is a ValueError naming it.
     """
     items = {split: [] for split in OFFICIAL_COUNTS}
+    unplaced, ignored = [], []
     for part in ("train", "test"):
         base = os.path.join(root, part)
         for name in sorted(os.listdir(base)):
             folder = os.path.join(base, name)
-            if name.startswith(".") or not os.path.isdir(folder):
+            if name.startswith("."):
+                continue
+            if not os.path.isdir(folder):
+                (unplaced if media.is_image(name) else ignored).append(f"{part}/{name}")
                 continue
             label = labels.map_code(labels.FER2013_FOLDERS, name, f"{folder}: class folder")
             for file in sorted(os.listdir(folder)):
-                if file.startswith(".") or not file.lower().endswith((".jpg", ".jpeg", ".png")):
+                key = f"{part}/{name}/{file}"
+                if file.startswith("."):
+                    continue
+                if os.path.isdir(os.path.join(folder, file)):
+                    ignored.append(key + "/")
+                    continue
+                if not media.is_image(file):
+                    ignored.append(key)
                     continue
                 split = "train"
                 if part == "test":
                     split = next((s for p, s in PREFIX_TO_SPLIT.items() if file.startswith(p)), "")
                     if not split:
-                        raise ValueError(
-                            f"{os.path.join(folder, file)}: test image name starts with neither "
-                            "PublicTest_ nor PrivateTest_"
-                        )
-                key = f"{part}/{name}/{file}"
+                        unplaced.append(key)
+                        continue
                 items[split].append((key, os.path.join(folder, file), label))
+    if unplaced:
+        raise common.LayoutError(
+            f"{NAME}/folders: {len(unplaced)} image(s) under {root} that the layout cannot "
+            f"place (test/<class>/ images must be named PublicTest_* or PrivateTest_*, and "
+            f"every image must be in a class folder): {_first(unplaced)}"
+        )
+    if ignored:
+        logging.warning(
+            "%s/folders: skipped %d file(s) or folder(s) that are not images in class "
+            "folders under %s: %s",
+            NAME,
+            len(ignored),
+            root,
+            _first(ignored),
+        )
+    for split, where in FOLDER_SPLIT_FILES.items():
+        if not items[split]:
+            raise common.LayoutError(
+                f"{NAME}/folders: split {split!r} has no images: expected {where} under {root}"
+            )
     return items
+
+
+def _first(names, shown=5):
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _find_csv(manual_dir, dl_manager):

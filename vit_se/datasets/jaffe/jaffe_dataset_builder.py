@@ -27,6 +27,7 @@ from collections import Counter
 
 import tensorflow_datasets as tfds
 
+from vit_se import media
 from vit_se.datasets import common, labels
 
 NAME = "jaffe"
@@ -164,7 +165,7 @@ __MACOSX) are ignored.
             raise ValueError(f"{NAME}: folds {empty} have no images under {manual_dir!r}")
 
         state = _BuildState(
-            common.ImageReader(NAME, self._skip_bad_images),
+            media.ImageReader(NAME, self._skip_bad_images),
             common.FaceCropper(
                 NAME, self.builder_config.face_crop, self.builder_config.face_size or None
             ),
@@ -188,7 +189,7 @@ __MACOSX) are ignored.
 
 @dataclasses.dataclass
 class _BuildState:
-    reader: common.ImageReader
+    reader: media.ImageReader
     cropper: common.FaceCropper
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vit_se import media
 from vit_se.datasets import common, labels
 
 NAME = "raf_db"
@@ -145,7 +146,7 @@ DIR/basic/basic/... (some downloads nest it). Config `aligned` needs only the al
         basic = _find_basic(manual_dir, dl_manager)
         entries = read_label_file(os.path.join(basic, LIST_FILE))
         image_dir = _find_images(basic, self.builder_config.images, dl_manager)
-        reader = common.ImageReader(NAME, self._skip_bad_images)
+        reader = media.ImageReader(NAME, self._skip_bad_images)
         return {
             split: self._generate_examples(split, entries[split], image_dir, reader, last)
             for split, last in (("train", False), ("test", True))

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vit_se import media
 from vit_se.datasets import common, labels
 
 NAME = "sfew"
@@ -38,7 +39,6 @@ ALIGNED_NAMES = {
     "Train": ("Train_Aligned_Faces",),
     "Val": ("Val_Aligned_Faces_new", "Val_Aligned_Faces"),
 }
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _HINT = "Train/<Class>/*.png and Val/<Class>/*.png, or the *_Aligned_Faces folders or zips"
 
 _CITATION = """\
@@ -147,7 +147,7 @@ at its top or inside one folder. Test/ (no public labels) is not read.
             root = _find_split(manual_dir, folder, cfg.aligned, dl_manager)
             logging.info("%s: reading split %r from %s", NAME, split, root)
             items[split] = list_class_folders(root)
-        reader = common.ImageReader(NAME, self._skip_bad_images)
+        reader = media.ImageReader(NAME, self._skip_bad_images)
         cropper = common.FaceCropper(NAME, cfg.face_crop, cfg.face_size or None)
         return {
             split: self._generate_examples(split, items[split], reader, cropper, last)
@@ -183,9 +183,8 @@ def list_class_folders(root):
         if not os.path.isdir(folder) or _skipped(name):
             continue
         label = labels.map_code(labels.SFEW_FOLDERS, name, f"{folder}: class folder")
-        for file in sorted(os.listdir(folder)):
-            if not file.startswith(".") and file.lower().endswith(IMAGE_EXTENSIONS):
-                items.append((f"{name}/{file}", os.path.join(folder, file), label))
+        for path in media.find([folder], recursive=False):
+            items.append((f"{name}/{os.path.basename(path)}", path, label))
     return items
 
 
