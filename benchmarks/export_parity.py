@@ -6,10 +6,10 @@ Random ViT-SE B/16 parameters (7 classes, SE r = 4) with a random head (logits o
 as a trained head gives, not the zero head of an initialisation) go through the real export path,
 `vit_se.export.export`, which reloads every written file and compares it with JAX (CPU, float32,
 'highest' matmul precision) on uniform inputs at batch sizes 4 and 1; this prints those figures
-from the export report. safetensors is checked by the NumPy forward pass in timm's layout, and
-by timm itself when torch and timm import (the `peer` extra; `--timm` imports timm through
-benchmarks/timm_peer.py first, which stands in for a torchvision that does not load beside the
-CPU torch build).
+and their tolerances (the scale rule, `vit_se.export.tolerance`) from the export report.
+safetensors is mapped back onto the flax tree (bit for bit) and run by timm when torch and timm
+import (the `peer` extra; `--timm` imports timm through benchmarks/timm_peer.py first, which
+stands in for a torchvision that does not load beside the CPU torch build).
 """
 
 from __future__ import annotations
@@ -71,21 +71,20 @@ def main(argv=None):
             formats=tuple(args.formats.split(",")),
             tflite=args.tflite,
         )
-    rows = []
-    if "saved_model" in report:
-        rows.append(("SavedModel (TensorFlow)", report["saved_model"]["max_abs_logit_diff"]))
-    if "tflite" in report:
-        rows.append(("TFLite (batch 1)", report["tflite"]["max_abs_logit_diff"]))
-    if "onnx" in report:
-        rows.append(("ONNX (onnxruntime CPU)", report["onnx"]["max_abs_logit_diff"]))
+    names = {
+        "saved_model": "SavedModel (TensorFlow)",
+        "tflite": "TFLite (batch 1)",
+        "onnx": "ONNX (onnxruntime CPU)",
+        "safetensors": "safetensors (timm)",
+    }
+    print(f"{'format':<34} {'max |logit diff| vs JAX':<24} tolerance")
+    for key, name in names.items():
+        if key in report:
+            diff = report[key]["max_abs_logit_diff"]
+            shown = "timm not installed" if diff is None else f"{diff:.3g}"
+            print(f"{name:<34} {shown:<24} {report[key]['tolerance']:.2g}")
     if "safetensors" in report:
-        st = report["safetensors"]
-        rows.append(("safetensors (NumPy, timm layout)", st["max_abs_logit_diff_numpy"]))
-        if st["max_abs_logit_diff_timm"] is not None:
-            rows.append(("safetensors (timm)", st["max_abs_logit_diff_timm"]))
-    print(f"{'format':<34} max |logit diff| vs JAX")
-    for name, value in rows:
-        print(f"{name:<34} {value:.3g}")
+        print(f"safetensors: {report['safetensors']['tensors_bit_equal']} tensors bit-equal")
     print(f"export took {report['seconds']}s")
 
 

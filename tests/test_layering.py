@@ -26,6 +26,8 @@ LAYERS = [
         "datasets",
         "datasets.labels",
         "progress",
+        # The PyTorch loader of the safetensors export: it imports no vit_se module at all.
+        "timm_vit_se",
     ],
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
@@ -54,8 +56,8 @@ LAYERS = [
     ["annotate"],
     ["seeds"],
     ["state_checkpoints"],
-    # The trainer; a trained model back from disk.
-    ["train", "inference", "export_onnx", "export_safetensors"],
+    # The trainer; a trained model back from disk; each export format, written and read back.
+    ["train", "inference", "export_tf", "export_onnx", "export_safetensors"],
     # The command layer; the aggregate over folds. Nothing below it imports cli.
     ["cli", "folds"],
     # Commands.

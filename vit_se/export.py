@@ -4,101 +4,105 @@
   python -m vit_se.export --workdir=/tmp/run --out=/tmp/run_export \
       --format=saved_model,onnx,safetensors
 
---format (default saved_model) names what goes into the OUT folder: `saved_model` (below),
-`onnx` (`model.onnx`, `vit_se.export_onnx`: input `images` float32 [batch, S, S, 3], outputs
-`logits` and `probabilities`, symbolic batch, opset 20) and `safetensors` (`model.safetensors`,
-`vit_se.export_safetensors`: a timm `VisionTransformer` state dict plus the SE and head weights,
-with the loader snippet TIMM_LOADER). Without saved_model, `labels.txt` and `preprocessing.json`
-lie at the top of OUT instead of in `assets/`.
+--format (default saved_model) names what goes into the OUT folder: `saved_model` (OUT itself is
+the SavedModel, `vit_se.export_tf`), `onnx` (`model.onnx`, `vit_se.export_onnx`: input `images`
+float32 [batch, S, S, 3], outputs `logits` and `probabilities`, symbolic batch, opset 20) and
+`safetensors` (`model.safetensors`, `vit_se.export_safetensors`: a timm `VisionTransformer` state
+dict plus the SE and head weights, loaded in PyTorch by `vit_se.timm_vit_se`). --tflite adds
+`model.tflite` (fixed batch --tflite_batch, default 1, `vit_se.export_tf`). `labels.txt` and
+`preprocessing.json` (how to turn a photo into the input; `vit_se.inference.preprocess` is the
+reference implementation) lie in the SavedModel's `assets/`, or at the top of OUT without one.
+`export_report.json` says where the model came from and what the checks below measured.
 
-What the SavedModel holds (`OUT/`):
-  - signature `serving_default`: input `images` float32 [batch, S, S, 3] in [-1, 1] (batch is
-    polymorphic), outputs `probabilities` and `logits`, float32 [batch, num_classes]. The same
-    function is `loaded.serve(images)`.
-  - the parameters as tf.Variables (`loaded.params`), `loaded.class_names` (string variable) and
-    `loaded.image_size`.
-  - `assets/labels.txt` (one class name per line, in output order) and `assets/preprocessing.json`
-    (image size, value range, face crop, resize: how to turn a photo into the input;
-    `vit_se.inference.preprocess` is the reference implementation).
-  - `export_report.json`: where it came from and the parity numbers measured below.
-  - `model.tflite` with --tflite.
+The formats are one table, TABLE: a row names the module that writes and reads back its file
+(each offers `write(trained, path)`, `check(trained, path)`: what the file holds besides its
+computation, `outputs(path, batches)` and `logits(path, images)` in the format's own runtime),
+its file name in OUT, whether the file computes in float32 whatever the model's `dtype` (ONNX and
+safetensors do), and its tolerance. One loop writes each requested format, reads it back, compares
+it with JAX, records its report entry, prints one line and stops the export at the first check
+that does not hold.
 
-How: `jax2tf.convert` of `model.apply` + softmax. JAX 0.10 only has native serialization (the
-`native_serialization=False` graph mode is gone; the flag is deprecated and ignored), so the graph
-is one `XlaCallModule` op carrying StableHLO, lowered for cpu, cuda and tpu so the SavedModel runs
-on any of them. Batch polymorphism uses `polymorphic_shapes=[None, '(b, ...)']`.
+The comparison: the file's outputs and the JAX model's (CPU, 'highest' matmul precision, so a
+GPU's TF32 does not enter; in float32 where the file is) on the same seeded inputs (uniform in
+[-1, 1], batch sizes 4 and 1). max |logit difference| must be within the tolerance of the scale
+rule (`tolerance`): the rounding error of evaluating the same function in another summation order.
+safetensors holds parameters rather than a computation: every tensor is mapped back onto the flax
+tree and must equal the model's bit for bit, and its logits are compared when torch and timm
+import (the `peer` extra).
 
-TFLite: the converter turns the StableHLO into TFLite builtins, except the dynamic-shape gather
-that the class-token slice `x[:, 0]` becomes under a symbolic batch ('vhlo.dynamic_gather_v1 op is
-not part of the vhlo support yet', TF 2.21). So `model.tflite` is converted (with
-`TFLiteConverter.from_saved_model`) from a second, fixed-batch SavedModel (batch --tflite_batch,
-default 1, cpu lowering) written to a scratch folder; its signature `serving_default` has the same
-input and output names. No Select-TF (flex) ops are needed.
-
-ONNX and safetensors checks: the written `model.onnx` is run with onnxruntime (CPU) at the same
-two batch sizes, and `model.safetensors` is read back and run by a NumPy forward pass in timm's
-layout (and by timm itself when torch and timm import); each must give JAX's float32 logits within
-1e-4 (ONNX_TOLERANCE, SAFETENSORS_TOLERANCE, TIMM_TOLERANCE). Their reference is the model computed
-in float32 whatever its `dtype`, since both files hold a float32 computation.
-
-Checks (the export fails, leaving nothing at OUT, when one does not hold): the reloaded SavedModel
-(TensorFlow, CPU) and the JAX model (CPU, 'highest' matmul precision, so a GPU's TF32 does not
-enter) are run on the same seeded inputs (uniform in [-1, 1], two batch sizes) and
-max |logit difference| must be <= 1e-4 (SAVED_MODEL_TOLERANCE); TFLite (XNNPACK kernels, another
-summation order) must be within 1e-3 (TFLITE_TOLERANCE). Measured on CPU: about 2e-7 for the demo's
-tiny model; 1.7e-5 (SavedModel) and 2.4e-5 (TFLite) for a B/16 at 224 with logits up to 16.
-
-The export is written to a temporary folder beside OUT and renamed to OUT once checked.
+The export is written to a temporary folder beside OUT and renamed to OUT once checked; a `gs://`
+OUT is built and checked locally, then uploaded file by file with the report last.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
-import warnings
+from types import ModuleType
 
 import numpy as np
 from absl import flags
 
-from vit_se import cli, workdir
+from vit_se import cli, export_onnx, export_safetensors, export_tf, workdir
 from vit_se.errors import Error
 
-SAVED_MODEL_TOLERANCE = 1e-4
-TFLITE_TOLERANCE = 1e-3
-ONNX_TOLERANCE = 1e-4
-SAFETENSORS_TOLERANCE = 1e-4
-TIMM_TOLERANCE = 1e-4
-FORMATS = ("saved_model", "onnx", "safetensors")
-ONNX_FILE = "model.onnx"
-SAFETENSORS_FILE = "model.safetensors"
-PLATFORMS = ("cpu", "cuda", "tpu")
 PREPROCESSING_FILE = "preprocessing.json"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "export_report.json"
-TFLITE_FILE = "model.tflite"
+ONNX_FILE = "model.onnx"
+SAFETENSORS_FILE = "model.safetensors"
+TFLITE_FILE = "model" + export_tf.TFLITE_SUFFIX
 
 
 class ExportError(Error, RuntimeError):
     """The export could not be made or does not match the JAX model."""
 
 
-def _inference_fn(trained, float32=False):
-    import jax
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """One row of TABLE (see the module docstring).
 
-    # The SavedModel is lowered for every platform at once: a cuDNN attention call (a GPU-only
-    # custom call) would not lower for cpu or tpu, and XLA's attention is the same function.
-    model = trained.model.clone(attention_impl="xla")
-    if float32:
-        model = model.clone(dtype="float32")
+    file: its name in OUT; None for the SavedModel, which is OUT itself (its facts then go to the
+    top of the report). tolerance: in units of the scale rule's bound. says: the printed line
+    after 'LABEL vs JAX: ', formatted with the report entry and `diffs`.
+    """
 
-    def fn(params, images):
-        logits = model.apply({"params": params}, images)
-        return {"probabilities": jax.nn.softmax(logits, axis=-1), "logits": logits}
+    module: ModuleType
+    file: str | None
+    label: str
+    float32: bool
+    tolerance: float = 1.0
+    says: str = "{diffs} (tolerance {tolerance:.2g})"
 
-    return fn
+
+# The order the checks run and print in. Every runtime sums in its own order, none more loosely
+# than float32 allows, so each gets the scale rule's bound as it is.
+TABLE = {
+    "saved_model": Format(export_tf, None, "SavedModel", float32=False),
+    "onnx": Format(export_onnx, ONNX_FILE, "ONNX (onnxruntime)", float32=True),
+    "safetensors": Format(
+        export_safetensors,
+        SAFETENSORS_FILE,
+        "safetensors (timm layout)",
+        float32=True,
+        says="{tensors_bit_equal} tensors bit-equal to the flax parameters, logits under timm: "
+        "{diffs} (tolerance {tolerance:.2g})",
+    ),
+    "tflite": Format(
+        export_tf,
+        TFLITE_FILE,
+        "TFLite",
+        float32=False,
+        says="{diffs} (tolerance {tolerance:.2g}, fixed batch {batch})",
+    ),
+}
+FORMATS = ("saved_model", "onnx", "safetensors")  # what --format names; tflite is --tflite
 
 
 def preprocessing_facts(trained):
@@ -138,178 +142,63 @@ def preprocessing_facts(trained):
     return facts
 
 
-def build_module(trained, batch=None, platforms=PLATFORMS):
-    """A tf.Module whose `serve` is the jax2tf-converted model (batch None: polymorphic)."""
-    import tensorflow as tf
-    from jax.experimental import jax2tf
-
-    size = trained.image_size
-    kwargs = dict(with_gradient=False, native_serialization_platforms=tuple(platforms))
-    if batch is None:
-        kwargs["polymorphic_shapes"] = [None, "(b, ...)"]
-    converted = jax2tf.convert(_inference_fn(trained), **kwargs)
-
-    module = tf.Module()
-    module.params = tf.nest.map_structure(
-        lambda a: tf.Variable(np.asarray(a), trainable=False), trained.params
-    )
-    module.class_names = tf.Variable(trained.class_names, trainable=False, name="class_names")
-    module.image_size = tf.Variable(size, trainable=False, name="image_size")
-    spec = tf.TensorSpec([batch, size, size, 3], tf.float32, name="images")
-    module.serve = tf.function(
-        lambda images: converted(module.params, images), autograph=False, input_signature=[spec]
-    )
-    return module
-
-
-def save_saved_model(trained, path, batch=None, platforms=PLATFORMS, assets_dir=None):
-    """Writes the SavedModel to `path` (no checks, not atomic); returns the module."""
-    import tensorflow as tf
-
-    module = build_module(trained, batch, platforms)
-    if assets_dir is not None:
-        labels = os.path.join(assets_dir, LABELS_FILE)
-        facts = os.path.join(assets_dir, PREPROCESSING_FILE)
-        workdir.write_text(labels, "".join(f"{n}\n" for n in trained.class_names))
-        workdir.write_text(facts, json.dumps(preprocessing_facts(trained), indent=1) + "\n")
-        module.labels_file = tf.saved_model.Asset(labels)
-        module.preprocessing_file = tf.saved_model.Asset(facts)
-    signature = module.serve.get_concrete_function()
-    tf.saved_model.save(module, path, signatures={"serving_default": signature})
-    return module
-
-
-def convert_tflite(trained, scratch_dir, batch=1):
-    """TFLite flatbuffer bytes of the model at a fixed batch (see the module docstring)."""
-    import tensorflow as tf
-
-    fixed = os.path.join(scratch_dir, "fixed_batch_saved_model")
-    save_saved_model(trained, fixed, batch=batch, platforms=("cpu",))
-    converter = tf.lite.TFLiteConverter.from_saved_model(fixed)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    try:
-        return converter.convert()
-    finally:
-        shutil.rmtree(fixed, ignore_errors=True)
-
-
-def jax_reference(trained, images, float32=False):
-    """JAX logits and probabilities on the CPU at 'highest' matmul precision.
-
-    The checks compare against this rather than `trained.logits`: on a GPU, JAX's default float32
-    matmuls may use TF32, which alone can move B/16 logits by more than the tolerance, while the
-    check runs the SavedModel with TensorFlow on the CPU. `float32` computes in float32 whatever
-    the model's dtype (the ONNX and safetensors files hold a float32 computation).
-    """
-    import jax
-
-    cpu = jax.devices("cpu")[0]
-    with jax.default_device(cpu), jax.default_matmul_precision("highest"):
-        params = jax.device_put(trained.params, cpu)
-        out = jax.jit(_inference_fn(trained, float32))(params, images)
-        return np.asarray(out["logits"]), np.asarray(out["probabilities"])
-
-
-def onnx_diff(path, trained, inputs):
-    """max |logit diff| and max |probability diff| of `path` under onnxruntime vs JAX."""
-    from vit_se import export_onnx
-
-    sess = export_onnx.session(path)
-    dl = dp = 0.0
-    for x in inputs:
-        logits, probs = export_onnx.run(sess, x)
-        ref_logits, ref_probs = jax_reference(trained, x, float32=True)
-        dl = max(dl, float(np.max(np.abs(logits - ref_logits))))
-        dp = max(dp, float(np.max(np.abs(probs - ref_probs))))
-    return dl, dp
-
-
-def safetensors_diffs(path, trained, inputs):
-    """{'numpy': max |logit diff|, 'timm': ... or None} of the file read back vs JAX."""
-    from vit_se import export_safetensors as est
-
-    state, meta = est.load(path)
-    if json.loads(meta["class_names"]) != trained.class_names:
-        raise ExportError(f"{path}: class names {meta['class_names']} != {trained.class_names}")
-    diffs = {"numpy": 0.0, "timm": None}
-    with_timm = est.timm_available()
-    for x in inputs:
-        ref, _ = jax_reference(trained, x, float32=True)
-        got = est.numpy_logits(state, meta, x)
-        diffs["numpy"] = max(diffs["numpy"], float(np.max(np.abs(got - ref))))
-        if with_timm:
-            t = float(np.max(np.abs(est.timm_logits(path, x) - ref)))
-            diffs["timm"] = max(diffs["timm"] or 0.0, t)
-    return diffs
-
-
 def check_inputs(trained, batch_sizes=(4, 1), seed=0):
     rng = np.random.default_rng(seed)
     size = trained.image_size
     return [rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32) for b in batch_sizes]
 
 
-def saved_model_diff(path, trained, inputs):
-    """max |logit diff| and max |probability diff| of the reloaded SavedModel vs JAX."""
-    import tensorflow as tf
+def jax_reference(trained, images, float32=False):
+    """JAX {'logits', 'probabilities'} on the CPU at 'highest' matmul precision.
 
-    loaded = tf.saved_model.load(path)
-    serve = loaded.signatures["serving_default"]
-    dl = dp = 0.0
-    for x in inputs:
-        with tf.device("/CPU:0"):  # the cpu lowering, whatever devices TensorFlow sees
-            out = serve(images=tf.constant(x))
-        logits, probs = jax_reference(trained, x)
-        dl = max(dl, float(np.max(np.abs(out["logits"].numpy() - logits))))
-        dp = max(dp, float(np.max(np.abs(out["probabilities"].numpy() - probs))))
-    names = [n.decode() for n in loaded.class_names.numpy()]
-    if names != trained.class_names:
-        raise ExportError(f"SavedModel class names {names} != {trained.class_names}")
-    return dl, dp
+    The checks compare against this rather than `trained.logits`: on a GPU, JAX's default float32
+    matmuls may use TF32, which alone can move B/16 logits by more than the tolerance, while every
+    check runs its file on the CPU. `float32` computes in float32 whatever the model's dtype (the
+    ONNX and safetensors files hold a float32 computation).
+    """
+    import jax
+
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu), jax.default_matmul_precision("highest"):
+        params = jax.device_put(trained.params, cpu)
+        out = jax.jit(export_tf.serving_fn(trained, float32))(params, images)
+        return {k: np.asarray(v) for k, v in out.items()}
 
 
-def tflite_interpreter(model_path_or_bytes):
-    """A TFLite interpreter (LiteRT's when installed, else tf.lite's)."""
-    kwargs = (
-        {"model_content": model_path_or_bytes}
-        if isinstance(model_path_or_bytes, bytes)
-        else {"model_path": os.fspath(model_path_or_bytes)}
-    )
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "deprecated, use ai_edge_litert"
-            return tf.lite.Interpreter(**kwargs)
-    return Interpreter(**kwargs)
+def summed_terms(model_config, image_size):
+    """How many terms the float sums on the way to one logit add up, all chained together."""
+    cfg = dict(model_config)
+    t = dict(cfg["transformer"])
+    d, heads = int(cfg["hidden_size"]), int(t["num_heads"])
+    ph, pw = (int(n) for n in cfg["patches"]["size"])
+    tokens = (image_size // ph) * (image_size // pw) + 1
+    # Per block: two layer norms (mean and variance over d each), q/k/v (d), attention scores
+    # (head width), the weighted sum of values (tokens), the output projection (d), the MLP (d,
+    # then mlp_dim).
+    block = 4 * d + d + d // heads + tokens + d + d + int(t["mlp_dim"])
+    # The patch convolution; the encoder norm; pre_logits, SE and head (at most d each).
+    return 3 * ph * pw + int(t["num_layers"]) * block + 2 * d + 3 * d
 
 
-def run_tflite(model_path_or_bytes, images):
-    """Runs `serving_default` of a fixed-batch TFLite model over images; returns logits, probs."""
-    runner = tflite_interpreter(model_path_or_bytes).get_signature_runner("serving_default")
-    batch = int(runner.get_input_details()["images"]["shape"][0])
-    logits, probs = [], []
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch]
-        n = len(chunk)
-        if n < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
-        out = runner(images=chunk)
-        logits.append(out["logits"][:n])
-        probs.append(out["probabilities"][:n])
-    return np.concatenate(logits), np.concatenate(probs)
+def tolerance(trained, reference_logits, float32=False):
+    """The scale rule: the max |logit difference| two correct evaluations of the model may show.
 
+    Rounding a sum of n terms errs by about sqrt(n) units of roundoff (the probabilistic bound;
+    Higham and Mary, SIAM J. Sci. Comput. 2019), relative to the terms' size. A logit is the end of
+    a chain of such sums (`summed_terms`) whose errors add up the same way, so one evaluation errs
+    by about eps * sqrt(all terms) relative to the logits' magnitude. Two evaluations both err
+    (sqrt(2)), and the check takes the largest difference over the whole batch, not a typical
+    one (about 3 times a typical one): hence 4 times that. The magnitude counts as at least 1,
+    since near-zero logits still come from unit-scale activations. eps is float32's, or the
+    model's compute dtype's for a file that computes in it. The bound stays below what a wrong
+    operation moves: exact-erf GELU for tanh's moves logits by about 1e-3 of their scale.
+    """
+    import jax.numpy as jnp
 
-def tflite_diff(model_path_or_bytes, trained, inputs):
-    x = np.concatenate(inputs)
-    logits, probs = run_tflite(model_path_or_bytes, x)
-    ref_logits, ref_probs = jax_reference(trained, x)
-    return (
-        float(np.max(np.abs(logits - ref_logits))),
-        float(np.max(np.abs(probs - ref_probs))),
-    )
+    dtype = jnp.float32 if float32 else trained.model.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    scale = max([1.0] + [float(np.max(np.abs(x))) for x in reference_logits])
+    return 4 * eps * math.sqrt(summed_terms(trained.info.model, trained.image_size)) * scale
 
 
 def check_formats(formats):
@@ -350,7 +239,6 @@ def export(
     os.makedirs(parent, exist_ok=True)
     name = os.path.basename(out_dir.rstrip("/"))
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-")
-    scratch = tempfile.mkdtemp(prefix="vit_se_export_")
     try:
         start = time.time()
         inputs = check_inputs(trained)
@@ -362,144 +250,71 @@ def export(
             "check_inputs": "uniform [-1, 1], seed 0, batch sizes "
             + ", ".join(str(len(x)) for x in inputs),
         }
-        if "saved_model" in formats:
-            _export_saved_model(trained, tmp, scratch, inputs, report)
-        else:
-            workdir.write_text(
-                os.path.join(tmp, LABELS_FILE), "".join(f"{n}\n" for n in trained.class_names)
-            )
-            workdir.write_text(
-                os.path.join(tmp, PREPROCESSING_FILE),
-                json.dumps(preprocessing_facts(trained), indent=1) + "\n",
-            )
-        if "onnx" in formats:
-            _export_onnx(trained, tmp, inputs, report)
-        if "safetensors" in formats:
-            _export_safetensors(trained, tmp, inputs, report)
-        if tflite:
-            _export_tflite(trained, tmp, scratch, inputs, tflite_batch, report)
+        side_files = {
+            LABELS_FILE: "".join(f"{n}\n" for n in trained.class_names),
+            PREPROCESSING_FILE: json.dumps(preprocessing_facts(trained), indent=1) + "\n",
+        }
+        options = {"saved_model": {"assets": side_files}, "tflite": {"batch": tflite_batch}}
+        if "saved_model" not in formats:
+            for file, text in side_files.items():
+                workdir.write_text(os.path.join(tmp, file), text)
+
+        @functools.cache
+        def references(float32):
+            return [jax_reference(trained, x, float32) for x in inputs]
+
+        for key, row in TABLE.items():
+            if key not in formats and not (key == "tflite" and tflite):
+                continue
+            path = tmp if row.file is None else os.path.join(tmp, row.file)
+            facts = row.module.write(trained, path, **options.get(key, {}))
+            facts.update(row.module.check(trained, path))
+            entry = {} if row.file is None else {"file": row.file}
+            (report if row.file is None else entry).update(facts)  # the SavedModel is OUT
+            entry.update(_compare(row, trained, path, inputs, references(row.float32)))
+            if row.file is not None:
+                entry["bytes"] = os.path.getsize(path)
+            report[key] = entry
+            _verdict(row, entry)
         report["seconds"] = round(time.time() - start, 1)
         workdir.write_text(os.path.join(tmp, REPORT_FILE), json.dumps(report, indent=1) + "\n")
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
-def _export_saved_model(trained, tmp, scratch, inputs, report):
-    save_saved_model(trained, tmp, assets_dir=scratch)
-    size = trained.image_size
-    dl, dp = saved_model_diff(tmp, trained, inputs)
-    report["signature"] = {
-        "name": "serving_default",
-        "inputs": {"images": f"float32 [batch, {size}, {size}, 3] in [-1, 1]"},
-        "outputs": {"probabilities": "float32 [batch, C]", "logits": "float32 [batch, C]"},
-    }
-    report["jax2tf"] = {
-        "native_serialization": True,
-        "platforms": list(PLATFORMS),
-        "polymorphic_shapes": "[None, '(b, ...)']",
-    }
-    report["saved_model"] = {
-        "max_abs_logit_diff": dl,
-        "max_abs_probability_diff": dp,
-        "tolerance": SAVED_MODEL_TOLERANCE,
-    }
-    print(
-        f"SavedModel vs JAX: max |logit diff| = {dl:.3g}, max |probability diff| = {dp:.3g} "
-        f"(tolerance {SAVED_MODEL_TOLERANCE:g})"
-    )
-    if not dl <= SAVED_MODEL_TOLERANCE:
-        raise ExportError(
-            f"SavedModel logits differ from JAX by {dl:.3g} > {SAVED_MODEL_TOLERANCE:g}"
-        )
+def _compare(row, trained, path, inputs, references):
+    """max |difference| of each output the file gives (None: it gave no logits) and the
+    tolerance."""
+    got = row.module.outputs(path, inputs)
+    entry = {}
+    for output, field in (("logits", "logit"), ("probabilities", "probability")):
+        if output == "logits" or output in got[0]:
+            diffs = [
+                np.max(np.abs(g[output] - r[output]))
+                for g, r in zip(got, references, strict=True)
+                if output in g
+            ]
+            entry[f"max_abs_{field}_diff"] = float(max(diffs)) if diffs else None
+    logits = [r["logits"] for r in references]
+    entry["tolerance"] = row.tolerance * tolerance(trained, logits, row.float32)
+    return entry
 
 
-def _export_tflite(trained, tmp, scratch, inputs, tflite_batch, report):
-    flatbuffer = convert_tflite(trained, scratch, batch=tflite_batch)
-    tflite_path = os.path.join(tmp, TFLITE_FILE)
-    with open(tflite_path, "wb") as f:
-        f.write(flatbuffer)
-    tl, tp = tflite_diff(tflite_path, trained, inputs)
-    report["tflite"] = {
-        "file": TFLITE_FILE,
-        "batch": tflite_batch,
-        "max_abs_logit_diff": tl,
-        "max_abs_probability_diff": tp,
-        "tolerance": TFLITE_TOLERANCE,
-        "bytes": len(flatbuffer),
-    }
-    print(
-        f"TFLite vs JAX: max |logit diff| = {tl:.3g}, max |probability diff| = {tp:.3g} "
-        f"(tolerance {TFLITE_TOLERANCE:g}, fixed batch {tflite_batch})"
-    )
-    if not tl <= TFLITE_TOLERANCE:
-        raise ExportError(f"TFLite logits differ from JAX by {tl:.3g} > {TFLITE_TOLERANCE:g}")
-
-
-def _export_onnx(trained, tmp, inputs, report):
-    from vit_se import export_onnx
-
-    path = os.path.join(tmp, ONNX_FILE)
-    model = export_onnx.build_model(
-        trained.params, trained.info.model, trained.image_size, trained.class_names
-    )
-    export_onnx.save(model, path)
-    dl, dp = onnx_diff(path, trained, inputs)
-    report["onnx"] = {
-        "file": ONNX_FILE,
-        "opset": export_onnx.OPSET,
-        "inputs": {export_onnx.INPUT: "float32 [batch, S, S, 3] in [-1, 1]"},
-        "outputs": {n: "float32 [batch, C]" for n in export_onnx.OUTPUTS},
-        "runtime": "onnxruntime CPUExecutionProvider",
-        "max_abs_logit_diff": dl,
-        "max_abs_probability_diff": dp,
-        "tolerance": ONNX_TOLERANCE,
-        "bytes": os.path.getsize(path),
-    }
-    print(
-        f"ONNX (onnxruntime) vs JAX: max |logit diff| = {dl:.3g}, max |probability diff| = "
-        f"{dp:.3g} (tolerance {ONNX_TOLERANCE:g})"
-    )
-    if not dl <= ONNX_TOLERANCE:
-        raise ExportError(f"ONNX logits differ from JAX by {dl:.3g} > {ONNX_TOLERANCE:g}")
-
-
-def _export_safetensors(trained, tmp, inputs, report):
-    from vit_se import export_safetensors as est
-
-    path = os.path.join(tmp, SAFETENSORS_FILE)
-    data = est.to_bytes(trained.params, trained.info.model, trained.image_size, trained.class_names)
-    with open(path, "wb") as f:
-        f.write(data)
-    diffs = safetensors_diffs(path, trained, inputs)
-    report["safetensors"] = {
-        "file": SAFETENSORS_FILE,
-        "format": est.FORMAT,
-        "timm_model": est.timm_model_name(trained.info.model, trained.image_size),
-        "max_abs_logit_diff_numpy": diffs["numpy"],
-        "max_abs_logit_diff_timm": diffs["timm"],
-        "tolerance": SAFETENSORS_TOLERANCE,
-        "bytes": len(data),
-    }
-    timm = "timm not installed" if diffs["timm"] is None else f"timm {diffs['timm']:.3g}"
-    print(
-        f"safetensors (timm layout) vs JAX: max |logit diff| = {diffs['numpy']:.3g} (NumPy), "
-        f"{timm} (tolerance {SAFETENSORS_TOLERANCE:g})"
-    )
-    if not diffs["numpy"] <= SAFETENSORS_TOLERANCE:
-        raise ExportError(
-            f"safetensors logits (NumPy, timm layout) differ from JAX by {diffs['numpy']:.3g} > "
-            f"{SAFETENSORS_TOLERANCE:g}"
-        )
-    if diffs["timm"] is not None and not diffs["timm"] <= TIMM_TOLERANCE:
-        raise ExportError(
-            f"safetensors logits under timm differ from JAX by {diffs['timm']:.3g} > "
-            f"{TIMM_TOLERANCE:g}"
-        )
+def _verdict(row, entry):
+    """Prints the format's line; raises ExportError when its logits are out of tolerance."""
+    worst, limit = entry["max_abs_logit_diff"], entry["tolerance"]
+    if worst is None:
+        diffs = "not compared (the runtime does not import)"
+    else:
+        diffs = f"max |logit diff| = {worst:.3g}"
+        if "max_abs_probability_diff" in entry:
+            diffs += f", max |probability diff| = {entry['max_abs_probability_diff']:.3g}"
+    print(f"{row.label} vs JAX: " + row.says.format(diffs=diffs, **entry))
+    if worst is not None and not worst <= limit:
+        raise ExportError(f"{row.label} logits differ from JAX by {worst:.3g} > {limit:.2g}")
 
 
 def _install(tmp, out_dir):
@@ -521,14 +336,15 @@ def _install(tmp, out_dir):
 
 def _upload(local_dir, remote_dir):
     """Every file of local_dir to remote_dir, each whole; the report goes last."""
+    from etils import epath
+
     files = []
     for root, _, names in os.walk(local_dir):
         files += [os.path.relpath(os.path.join(root, n), local_dir) for n in names]
     files.sort(key=lambda rel: rel == REPORT_FILE)
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(remote_dir):  # --overwrite: no file of the old export may remain
-        tf.io.gfile.rmtree(remote_dir)
+    remote = epath.Path(remote_dir)
+    if remote.exists():  # --overwrite: no file of the old export may remain
+        remote.rmtree()
     for rel in files:
         target = f"{remote_dir.rstrip('/')}/{rel}"
         with open(os.path.join(local_dir, rel), "rb") as src, workdir.atomic_open(target) as dst:

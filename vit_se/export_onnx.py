@@ -19,6 +19,8 @@ The batch axis is symbolic ('batch'). Every block computes every token (the mode
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from vit_se import checkpoint
@@ -201,10 +203,20 @@ def build_model(params, model_config, image_size, class_names):
     return model
 
 
-def save(model, path):
-    """Writes the model to a local path (one file: B/16's 350 MB fits protobuf's 2 GB)."""
+def write(trained, path):
+    """Writes the model's graph to a local path (one file: B/16's 350 MB fits protobuf's 2 GB).
+
+    Returns the facts the export report keeps about it.
+    """
     onnx, _, _ = _onnx()
+    model = build_model(trained.params, trained.info.model, trained.image_size, trained.class_names)
     onnx.save_model(model, path)
+    return {
+        "opset": OPSET,
+        "inputs": {INPUT: "float32 [batch, S, S, 3] in [-1, 1]"},
+        "outputs": {n: "float32 [batch, C]" for n in OUTPUTS},
+        "runtime": "onnxruntime CPUExecutionProvider",
+    }
 
 
 def session(path):
@@ -217,10 +229,27 @@ def session(path):
         ) from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
-def run(sess, images):
-    """(logits, probabilities) of the session on float32 images [N, S, S, 3]."""
-    logits, probs = sess.run(list(OUTPUTS), {INPUT: np.asarray(images, np.float32)})
-    return logits, probs
+def check(trained, path):
+    """The class names in the file's metadata are the model's; {} of facts."""
+    names = session(path).get_modelmeta().custom_metadata_map.get("class_names", "").split("\n")
+    if names != trained.class_names:
+        raise OnnxExportError(f"{path}: class names {names} != {trained.class_names}")
+    return {}
+
+
+def outputs(path, batches):
+    """[{'logits', 'probabilities'}] of the file under onnxruntime, one per batch of images."""
+    sess = session(path)
+    results = []
+    for x in batches:
+        values = sess.run(list(OUTPUTS), {INPUT: np.asarray(x, np.float32)})
+        results.append(dict(zip(OUTPUTS, values, strict=True)))
+    return results
+
+
+def logits(path, images):
+    """Logits of the ONNX file at `path` on float32 images [N, S, S, 3] (onnxruntime, CPU)."""
+    return outputs(path, [images])[0]["logits"]

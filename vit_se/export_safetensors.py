@@ -16,21 +16,23 @@ Linear weights are [out, in] (the transpose of flax's kernels). The file's metad
 (JSON), `timm_model` (the timm name when the variant has one), `input` (the value convention)
 and `format` (FORMAT).
 
-Differences to mind, which TIMM_LOADER (the README's snippet) takes care of: vit_jax and flax use
-the tanh approximation of GELU, timm's default is exact erf (logits then differ by about 1e-3), so
-the loader passes `act_layer=partial(nn.GELU, approximate='tanh')`; the input is NCHW in PyTorch
-(vit_se and the other exports take NHWC), RGB in [-1, 1] (timm's `mean=std=0.5`); timm has no SE,
-so the loader wraps the timm model and applies pre_logits and SE before the head.
-
-The export is checked without torch by `numpy_logits`, a NumPy forward pass that reads the file
-in timm's layout (fused qkv, [out, in] weights, OIHW convolution); with torch and timm installed
-(the `peer` extra) `timm_logits` runs TIMM_LOADER itself.
+One table (`_layout`) says how each timm tensor is made from flax leaves, so writing
+(`state_dict`) and reading back (`to_params`) cannot disagree, and the check is exact: every
+tensor of the written file is mapped back onto the flax parameter tree and must equal the model's
+float32 parameters bit for bit (`check`). The computation is checked by timm itself when torch
+and timm import (the `peer` extra): `vit_se.timm_vit_se`, the README's loader, runs the file
+(`outputs`, `logits`). What that loader takes care of: vit_jax and flax use the tanh
+approximation of GELU, timm's default is exact erf, so it passes
+`act_layer=partial(nn.GELU, approximate='tanh')`; the input is NCHW in PyTorch (vit_se and the
+other exports take NHWC), RGB in [-1, 1] (timm's `mean=std=0.5`); timm has no SE, so it wraps the
+timm model and applies pre_logits and SE before the head.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
-import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,75 +40,23 @@ from vit_se import checkpoint, model_configs
 from vit_se.errors import Error
 
 FORMAT = "vit_se-timm-1"
-LN_EPSILON = 1e-6
 _TIMM_SIZES = {"Ti": "tiny", "S": "small", "B": "base", "L": "large", "H": "huge"}
-
-TIMM_LOADER = '''\
-import functools, json
-
-import timm, torch
-from safetensors import safe_open
-from safetensors.torch import load_file
-
-
-class ViTSE(torch.nn.Module):
-    """timm's ViT, then vit_se's pre_logits (tanh) and SE on the pooled token, then the head."""
-
-    def __init__(self, vit, extra):
-        super().__init__()
-        self.vit = vit
-
-        def linear(name):
-            if name + ".weight" not in extra:
-                return None
-            w, b = extra[name + ".weight"], extra[name + ".bias"]
-            layer = torch.nn.Linear(w.shape[1], w.shape[0])
-            layer.load_state_dict({"weight": w, "bias": b})
-            return layer
-
-        self.pre_logits = linear("pre_logits.fc")
-        self.se_reduce, self.se_expand = linear("se.reduce"), linear("se.expand")
-        self.head = linear("head")
-
-    def forward(self, images):  # float32 [N, 3, S, S], RGB in [-1, 1]
-        x = self.vit.forward_head(self.vit.forward_features(images), pre_logits=True)
-        if self.pre_logits is not None:
-            x = torch.tanh(self.pre_logits(x))
-        if self.se_reduce is not None:
-            x = x * torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(x))))
-        return self.head(x)
-
-
-def load_vit_se(path):
-    """(model, class_names) from a vit_se model.safetensors."""
-    with safe_open(path, "pt") as f:
-        meta = f.metadata()
-    state = load_file(path)
-    extra = {k: state.pop(k) for k in list(state) if k.startswith(("se.", "pre_logits.", "head."))}
-    kwargs = dict(json.loads(meta["timm_kwargs"]), num_classes=0)  # ViTSE holds the head
-    gelu_tanh = functools.partial(torch.nn.GELU, approximate="tanh")  # flax's GELU, not erf
-    vit = timm.models.vision_transformer.VisionTransformer(**kwargs, act_layer=gelu_tanh)
-    vit.load_state_dict(state)
-    return ViTSE(vit, extra).eval(), json.loads(meta["class_names"])
-'''
+# Optional parts: flax name -> the timm key that is there when the part is.
+_OPTIONAL = {"cls": "cls_token", "pre_logits": "pre_logits.fc.weight", "se": "se.reduce.weight"}
 
 
 class SafetensorsExportError(Error, RuntimeError):
-    """safetensors is missing, or the model has a part timm's layout cannot hold."""
+    """safetensors is missing, the model has a part timm's layout cannot hold, or a file read
+    back does not hold the model's parameters."""
 
 
-def _safetensors():
+def _st_numpy():
+    """safetensors.numpy, or one line saying how to install it."""
     try:
-        from safetensors import numpy as st_numpy
+        return importlib.import_module("safetensors.numpy")
     except ImportError as e:
-        raise SafetensorsExportError(
-            f"safetensors export needs the safetensors package: pip install 'vit_se[export]' ({e})"
-        ) from None
-    return st_numpy
-
-
-def _f32(x):
-    return np.ascontiguousarray(np.asarray(x, np.float32))
+        message = f"the safetensors export needs safetensors: pip install 'vit_se[export]' ({e})"
+        raise SafetensorsExportError(message) from None
 
 
 def timm_kwargs(model_config, image_size, num_classes):
@@ -142,52 +92,121 @@ def timm_model_name(model_config, image_size):
     return f"vit_{size}_patch{variant.split('/')[1]}_{int(image_size)}"
 
 
+class _Row(NamedTuple):
+    """One timm tensor: the flax leaves stacked along its first axis, and how each is laid out.
+
+    kind: 'copy' (the same array), 'flat' (a flax [heads, head_dim] bias as one vector), 'conv'
+    (HWIO -> OIHW) or 'kernel' (a flax kernel [in..., out...] with `n_in` input axes -> timm's
+    [out, in]). `shape`: the flax leaf's shape where timm's does not say it (attention's heads).
+    """
+
+    timm: str
+    flax: tuple
+    kind: str = "copy"
+    shape: tuple | None = None
+    n_in: int = 1
+
+
+def _layout(d, heads, depth, has):
+    """The rows of a model of width d, in the order they are written; `has(part)`: whether an
+    _OPTIONAL part is there."""
+    split = (heads, d // heads)
+
+    def norm(timm, flax):
+        return [_Row(f"{timm}.weight", (f"{flax}/scale",)), _Row(f"{timm}.bias", (f"{flax}/bias",))]
+
+    def dense(timm, flax):
+        weight = _Row(f"{timm}.weight", (f"{flax}/kernel",), "kernel")
+        return [weight, _Row(f"{timm}.bias", (f"{flax}/bias",))]
+
+    rows = [
+        _Row("patch_embed.proj.weight", ("embedding/kernel",), "conv"),
+        _Row("patch_embed.proj.bias", ("embedding/bias",)),
+    ]
+    if has("cls"):
+        rows.append(_Row("cls_token", ("cls",)))
+    rows.append(_Row("pos_embed", ("Transformer/posembed_input/pos_embedding",)))
+    for i in range(depth):
+        b, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        a = f"{b}MultiHeadDotProductAttention_0/"
+        qkv = [a + n for n in ("query", "key", "value")]
+        rows += norm(t + "norm1", b + "LayerNorm_0")
+        rows += [
+            _Row(t + "attn.qkv.weight", tuple(p + "/kernel" for p in qkv), "kernel", (d, *split)),
+            _Row(t + "attn.qkv.bias", tuple(p + "/bias" for p in qkv), "flat", split),
+            _Row(t + "attn.proj.weight", (a + "out/kernel",), "kernel", (*split, d), n_in=2),
+            _Row(t + "attn.proj.bias", (a + "out/bias",)),
+        ]
+        rows += norm(t + "norm2", b + "LayerNorm_1")
+        rows += dense(t + "mlp.fc1", b + "MlpBlock_0/Dense_0")
+        rows += dense(t + "mlp.fc2", b + "MlpBlock_0/Dense_1")
+    rows += norm("norm", "Transformer/encoder_norm") + dense("head", "head")
+    if has("pre_logits"):
+        rows += dense("pre_logits.fc", "pre_logits")
+    if has("se"):
+        rows += dense("se.reduce", "se/reduce") + dense("se.expand", "se/expand")
+    return rows
+
+
+def _to_timm(row, leaf):
+    x = np.asarray(leaf, np.float32)
+    if row.shape is not None and x.shape != row.shape:
+        raise SafetensorsExportError(
+            f"{row.timm}: expected flax shape {row.shape} (timm's layout), got {x.shape}"
+        )
+    if row.kind == "conv":
+        return x.transpose(3, 2, 0, 1)
+    if row.kind == "kernel":
+        return x.reshape(int(np.prod(x.shape[: row.n_in])), -1).T
+    if row.kind == "flat":
+        return x.reshape(-1)
+    return x
+
+
+def _to_flax(row, tensor):
+    if row.kind == "conv":
+        return tensor.transpose(2, 3, 1, 0)
+    if row.kind == "kernel":
+        return tensor.T.reshape(row.shape or tensor.T.shape)
+    if row.kind == "flat":
+        return tensor.reshape(row.shape)
+    return tensor
+
+
 def state_dict(params, model_config):
     """{timm key: float32 array} of a parameter tree (scanned or not)."""
+    flat = checkpoint.flatten(checkpoint.unstack_blocks(params))
     cfg = dict(model_config)
-    p = checkpoint.unstack_blocks(params)
-    heads = int(dict(cfg["transformer"])["num_heads"])
-    out = {
-        "patch_embed.proj.weight": _f32(np.asarray(p["embedding"]["kernel"]).transpose(3, 2, 0, 1)),
-        "patch_embed.proj.bias": _f32(p["embedding"]["bias"]),
+    t = dict(cfg["transformer"])
+    has = {k.split("/")[0] for k in flat}.__contains__
+    rows = _layout(int(cfg["hidden_size"]), int(t["num_heads"]), int(t["num_layers"]), has)
+    placed = {p for r in rows for p in r.flax}
+    if placed != set(flat):
+        raise SafetensorsExportError(
+            f"timm's layout has no place for {sorted(set(flat) - placed)} and needs "
+            f"{sorted(placed - set(flat))}"
+        )
+    return {
+        r.timm: np.ascontiguousarray(np.concatenate([_to_timm(r, flat[p]) for p in r.flax]))
+        for r in rows
     }
-    if "cls" in p:
-        out["cls_token"] = _f32(p["cls"])
-    tr = p["Transformer"]
-    out["pos_embed"] = _f32(tr["posembed_input"]["pos_embedding"])
-    depth = int(dict(cfg["transformer"])["num_layers"])
-    for i in range(depth):
-        b = tr[f"encoderblock_{i}"]
-        a = b["MultiHeadDotProductAttention_0"]
-        pre = f"blocks.{i}."
-        width = np.asarray(a["query"]["kernel"]).shape[0]
-        if np.asarray(a["query"]["kernel"]).shape[1] != heads:
-            raise SafetensorsExportError(f"block {i}: expected {heads} heads in the query kernel")
-        qkv_w = [np.asarray(a[n]["kernel"]).reshape(width, -1).T for n in ("query", "key", "value")]
-        qkv_b = [np.asarray(a[n]["bias"]).reshape(-1) for n in ("query", "key", "value")]
-        out[pre + "norm1.weight"] = _f32(b["LayerNorm_0"]["scale"])
-        out[pre + "norm1.bias"] = _f32(b["LayerNorm_0"]["bias"])
-        out[pre + "attn.qkv.weight"] = _f32(np.concatenate(qkv_w, axis=0))
-        out[pre + "attn.qkv.bias"] = _f32(np.concatenate(qkv_b))
-        out[pre + "attn.proj.weight"] = _f32(np.asarray(a["out"]["kernel"]).reshape(-1, width).T)
-        out[pre + "attn.proj.bias"] = _f32(a["out"]["bias"])
-        out[pre + "norm2.weight"] = _f32(b["LayerNorm_1"]["scale"])
-        out[pre + "norm2.bias"] = _f32(b["LayerNorm_1"]["bias"])
-        for timm_name, flax_name in (("fc1", "Dense_0"), ("fc2", "Dense_1")):
-            dense = b["MlpBlock_0"][flax_name]
-            out[pre + f"mlp.{timm_name}.weight"] = _f32(np.asarray(dense["kernel"]).T)
-            out[pre + f"mlp.{timm_name}.bias"] = _f32(dense["bias"])
-    out["norm.weight"] = _f32(tr["encoder_norm"]["scale"])
-    out["norm.bias"] = _f32(tr["encoder_norm"]["bias"])
-    linears = [("head", p["head"])]
-    if "pre_logits" in p:
-        linears.append(("pre_logits.fc", p["pre_logits"]))
-    if "se" in p:
-        linears += [("se.reduce", p["se"]["reduce"]), ("se.expand", p["se"]["expand"])]
-    for name, dense in linears:
-        out[f"{name}.weight"] = _f32(np.asarray(dense["kernel"]).T)
-        out[f"{name}.bias"] = _f32(dense["bias"])
-    return out
+
+
+def to_params(state, meta):
+    """The flax parameter tree (unrolled blocks, float32) of a state dict read back."""
+    has = {part: key in state for part, key in _OPTIONAL.items()}
+    kw = json.loads(meta["timm_kwargs"])
+    rows = _layout(kw["embed_dim"], kw["num_heads"], kw["depth"], has.get)
+    unknown = set(state) - {r.timm for r in rows}
+    if unknown:
+        raise SafetensorsExportError(f"tensors outside timm's layout: {sorted(unknown)}")
+    flat = {}
+    for r in rows:
+        if r.timm not in state:
+            raise SafetensorsExportError(f"{r.timm} is missing")
+        parts = np.split(np.asarray(state[r.timm]), len(r.flax))
+        flat.update((p, _to_flax(r, x)) for p, x in zip(r.flax, parts, strict=True))
+    return checkpoint.unflatten(flat)
 
 
 def metadata(model_config, image_size, class_names):
@@ -201,98 +220,82 @@ def metadata(model_config, image_size, class_names):
     }
 
 
-def to_bytes(params, model_config, image_size, class_names):
-    """The safetensors file's bytes."""
-    st = _safetensors()
-    return st.save(
-        state_dict(params, model_config), metadata(model_config, image_size, class_names)
-    )
+def write(trained, path):
+    """Writes `model.safetensors` for the trained model; returns the report's facts about it."""
+    cfg, size, names = trained.info.model, trained.image_size, trained.class_names
+    state = state_dict(trained.params, cfg)
+    _st_numpy().save_file(state, path, metadata(cfg, size, names))
+    return {"format": FORMAT, "timm_model": timm_model_name(cfg, size)}
 
 
 def load(path):
     """(state dict of numpy arrays, metadata dict) of a written file."""
-    st = _safetensors()
     from safetensors import safe_open
 
+    st = _st_numpy()
     with safe_open(path, "np") as f:
         meta = f.metadata()
     return st.load_file(path), meta
 
 
-# ------------------------------------------------------------------------------ checks
+def check(trained, path):
+    """Every tensor of the file, mapped back onto the flax tree, is the model's parameter bit for
+    bit (as float32), and the class names are the model's; returns the report's facts."""
+    state, meta = load(path)
+    if json.loads(meta["class_names"]) != trained.class_names:
+        raise SafetensorsExportError(
+            f"{path}: class names {meta['class_names']} != {trained.class_names}"
+        )
+    got = checkpoint.flatten(to_params(state, meta))
+    want = checkpoint.flatten(checkpoint.unstack_blocks(trained.params))
+    if set(got) != set(want):
+        raise SafetensorsExportError(
+            f"{path}: parameters {sorted(set(got) ^ set(want))} are not in both the file and "
+            "the model"
+        )
+    for key, value in want.items():
+        value = np.ascontiguousarray(np.asarray(value, np.float32))
+        back = np.ascontiguousarray(got[key])
+        if back.shape != value.shape or back.tobytes() != value.tobytes():
+            raise SafetensorsExportError(
+                f"{path}: {key} read back is not the model's parameter bit for bit"
+            )
+    return {"tensors_bit_equal": len(state), "runtime": _timm_runtime()}
 
 
-def _layer_norm(x, w, b):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + LN_EPSILON) * w + b
-
-
-def _gelu_tanh(x):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def _softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(-1, keepdims=True)
-
-
-def numpy_logits(state, meta, images):
-    """Logits of a state dict read in timm's layout, in NumPy (float32), on NHWC images."""
-    kw = json.loads(meta["timm_kwargs"])
-    s = {k: np.asarray(v, np.float32) for k, v in state.items()}
-    x = np.asarray(images, np.float32)
-    n, size = x.shape[0], x.shape[1]
-    p = kw["patch_size"]
-    g = size // p
-    w = s["patch_embed.proj.weight"]  # [D, 3, P, P]
-    d = w.shape[0]
-    patches = x.reshape(n, g, p, g, p, 3).transpose(0, 1, 3, 5, 2, 4).reshape(n, g * g, -1)
-    x = patches @ w.reshape(d, -1).T + s["patch_embed.proj.bias"]
-    if kw["class_token"]:
-        x = np.concatenate([np.broadcast_to(s["cls_token"], (n, 1, d)), x], axis=1)
-    x = x + s["pos_embed"]
-    heads = kw["num_heads"]
-    hd = d // heads
-    for i in range(kw["depth"]):
-        pre = f"blocks.{i}."
-        y = _layer_norm(x, s[pre + "norm1.weight"], s[pre + "norm1.bias"])
-        qkv = y @ s[pre + "attn.qkv.weight"].T + s[pre + "attn.qkv.bias"]
-        qkv = qkv.reshape(n, -1, 3, heads, hd).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * hd**-0.5, qkv[1], qkv[2]
-        a = _softmax(q @ k.transpose(0, 1, 3, 2)) @ v
-        a = a.transpose(0, 2, 1, 3).reshape(n, -1, d)
-        x = x + a @ s[pre + "attn.proj.weight"].T + s[pre + "attn.proj.bias"]
-        y = _layer_norm(x, s[pre + "norm2.weight"], s[pre + "norm2.bias"])
-        y = _gelu_tanh(y @ s[pre + "mlp.fc1.weight"].T + s[pre + "mlp.fc1.bias"])
-        x = x + y @ s[pre + "mlp.fc2.weight"].T + s[pre + "mlp.fc2.bias"]
-    x = _layer_norm(x, s["norm.weight"], s["norm.bias"])
-    x = x[:, 0] if kw["global_pool"] == "token" else x.mean(axis=1)
-    if "pre_logits.fc.weight" in s:
-        x = np.tanh(x @ s["pre_logits.fc.weight"].T + s["pre_logits.fc.bias"])
-    if "se.reduce.weight" in s:
-        r = np.maximum(x @ s["se.reduce.weight"].T + s["se.reduce.bias"], 0)
-        x = x * (1 / (1 + np.exp(-(r @ s["se.expand.weight"].T + s["se.expand.bias"]))))
-    return x @ s["head.weight"].T + s["head.bias"]
-
-
-def timm_available():
+def _timm_runtime():
+    """What `outputs` runs the file with (timm's and torch's versions); None when they do not
+    import."""
     try:
-        import timm  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        import timm
+        import torch
+    except Exception:  # not installed, or a torchvision built for another torch fails to load
+        return None
+    return f"timm {timm.__version__}, torch {torch.__version__} (CPU)"
 
 
-def timm_logits(path, images):
-    """Logits of TIMM_LOADER's model on NHWC images (needs torch and timm)."""
+def outputs(path, batches):
+    """[{'logits'}] of the file under timm (the README's loader), one per batch of NHWC images;
+    [{}, ...] when torch or timm does not import."""
+    if _timm_runtime() is None:
+        return [{} for _ in batches]
     import torch
 
-    namespace = {}
-    exec(compile(TIMM_LOADER, "TIMM_LOADER", "exec"), namespace)  # the README's snippet itself
-    model, _ = namespace["load_vit_se"](path)
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2)))
-    with torch.no_grad():
-        return model(x).numpy()
+    from vit_se import timm_vit_se
+
+    model, _ = timm_vit_se.load_vit_se(path)
+    results = []
+    for x in batches:
+        nchw = np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2))
+        with torch.no_grad():
+            results.append({"logits": model(torch.from_numpy(nchw)).numpy()})
+    return results
+
+
+def logits(path, images):
+    """Logits of the safetensors file under timm on float32 NHWC images (needs torch and timm)."""
+    if _timm_runtime() is None:
+        raise SafetensorsExportError(
+            "running a safetensors export needs torch and timm: pip install 'vit_se[peer]'"
+        )
+    return outputs(path, [images])[0]["logits"]
