@@ -213,10 +213,9 @@ def quiet_native_logs():
 
 def user_errors():
     """The exception types reported as one line (imported here, not above: see the docstring)."""
-    from vit_se.checkpoint import CheckpointError
     from vit_se.datasets.common import BadImagesError
 
-    return (Error, CheckpointError, BadImagesError, FileNotFoundError)
+    return (Error, BadImagesError, FileNotFoundError)
 
 
 def hide_accelerators_from_tensorflow():
