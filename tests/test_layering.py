@@ -28,7 +28,7 @@ LAYERS = [
     ],
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
-    ["workdir", "configs.common", "datasets.common", "datasets.registry"],
+    ["workdir", "configs.common", "datasets.common", "datasets.registry", "pretrained"],
     ["datasets.synthetic_faces"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
     ["datasets.*", "configs"],
