@@ -90,6 +90,20 @@ def test_big_vision_npz_matches_numpy_reference(tmp_path, scan, model_scan):
     np.testing.assert_array_equal(pe[0, 0], 0.0)
 
 
+def test_big_vision_file_with_a_class_row_loads_in_vit_jax_order(tmp_path):
+    # big_vision's first vit.py concatenated the class token before adding 1 + grid^2 position
+    # embeddings (big_vision's fix_old_checkpoints recognises them by that count).
+    weights = random_arrays(vit_jax_shapes(**TINY, head=7), seed=3)
+    old = vit_jax_to_big_vision(weights)
+    old["params/pos_embedding"] = weights["Transformer/posembed_input/pos_embedding"]
+    path = _save(tmp_path / "old_bv.npz", old)
+    model, init = _init(_tiny_config(False), 7, 16)
+    params = checkpoint.load_pretrained(path, init)
+    x = _images()
+    want = forward(weights, x)  # the vit_jax file of the same weights
+    np.testing.assert_allclose(model.apply({"params": params}, x), want, atol=_parity_atol(want))
+
+
 def _expected_shapes(cfg, num_classes, image=224):
     model = models.build_model(cfg, num_classes)
     return jax.eval_shape(

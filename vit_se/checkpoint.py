@@ -200,9 +200,10 @@ def to_vit_se_keys(flat, fmt):
         flat = _unstack_scan(dict(flat))
         if "pos_embedding" in flat:
             pe = flat.pop("pos_embedding")
-            if "cls" in flat:
+            if "cls" in flat and _is_square(pe.shape[1]):
                 # big_vision adds position embeddings before prepending the class token; a zero
-                # class row makes vit_jax's add-after-prepend compute the same thing.
+                # class row makes vit_jax's add-after-prepend compute the same thing. (Files of
+                # big_vision's first vit.py have the class row already: vit_jax's order.)
                 pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
             flat[POS] = pe
         return flat
@@ -327,11 +328,9 @@ def _depth(flat):
     return len({int(m.group(1)) for k in flat if (m := _BLOCK.match(k))})
 
 
-def describe(flat, fmt=None, path="checkpoint"):
-    """Variant facts of a checkpoint given its flat arrays (either family, either tower layout).
-
-    `fmt` is accepted for callers that know it; the keys decide.
-    """
+def describe(flat, path="checkpoint"):
+    """Variant facts of a checkpoint given its flat arrays (either family, a two-tower file's
+    image tower)."""
     layout = read_layout(flat, path)
     tree = layout.tree
     emb = tree["embedding/kernel"]
