@@ -27,14 +27,14 @@ reproduce. The class-folder variant, when it has a test/ folder, gives a `test` 
 `--config.test_split` to report on it.
 """
 
-from vit_se import model_configs
+from vit_se import model_configs, pretrained
 from vit_se.configs import common
 
 DATASET_CONFIGS = ("7class", "8class", "7class_facebox", "8class_facebox")
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, classes="7class", variant="B/16", recipe="authors")
+    arg = common.parse_arg(arg, classes="7class", variant="B/16", recipe="authors", init="")
     if arg.classes not in DATASET_CONFIGS:
         raise ValueError(
             f"config argument classes={arg.classes!r}: expected one of {', '.join(DATASET_CONFIGS)}"
@@ -55,4 +55,4 @@ def get_config(arg=None):
     config.step_decay_every_epochs = 2.0
     config.eval_every = 5000
     config.checkpoint_every = 5000
-    return common.apply_recipe(config, arg.recipe)
+    return pretrained.apply(common.apply_recipe(config, arg.recipe), arg.init)

@@ -10,12 +10,12 @@ folds' subjects and reports the held-out fold as `test`; the model reported is t
 (no selection on the test fold: val_split is empty).
 """
 
-from vit_se import model_configs
+from vit_se import model_configs, pretrained
 from vit_se.configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors", init="")
     config = common.get_config()
     config.dataset = "ck_plus"
     config.dataset_config = "7class"
@@ -27,4 +27,4 @@ def get_config(arg=None):
     config.augment.crop = "five_crop"
     config.eval_every = 1000
     config.checkpoint_every = 1000
-    return common.apply_recipe(config, arg.recipe)
+    return pretrained.apply(common.apply_recipe(config, arg.recipe), arg.init)

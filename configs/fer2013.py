@@ -9,12 +9,12 @@ number of its own; ViT-B/16 fine-tunes typically reach about 70-73% on PrivateTe
 `ferplus_probability` (the trainer learns from the normalised votes, `config.soft_targets`).
 """
 
-from vit_se import model_configs
+from vit_se import model_configs, pretrained
 from vit_se.configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors", init="")
     config = common.get_config()
     config.dataset = "fer2013"
     config.dataset_config = "csv"
@@ -27,4 +27,4 @@ def get_config(arg=None):
     config.step_decay_every_epochs = 4.0
     config.eval_every = 2000
     config.checkpoint_every = 2000
-    return common.apply_recipe(config, arg.recipe)
+    return pretrained.apply(common.apply_recipe(config, arg.recipe), arg.init)

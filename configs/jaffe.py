@@ -10,12 +10,12 @@ ablation with --config.model.use_se=False). The model reported is the final step
 poser is only reported (`test`), never used for selection.
 """
 
-from vit_se import model_configs
+from vit_se import model_configs, pretrained
 from vit_se.configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors", init="")
     config = common.get_config()
     config.dataset = "jaffe"
     config.dataset_config = "face224"
@@ -27,4 +27,4 @@ def get_config(arg=None):
     config.augment.crop = "five_crop"
     config.eval_every = 200
     config.checkpoint_every = 200
-    return common.apply_recipe(config, arg.recipe)
+    return pretrained.apply(common.apply_recipe(config, arg.recipe), arg.init)

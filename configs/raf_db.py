@@ -7,12 +7,12 @@ Aims at the paper's 87.22% test accuracy (ViT+SE). Selection uses a held-out ten
 train split; the official test split is only reported.
 """
 
-from vit_se import model_configs
+from vit_se import model_configs, pretrained
 from vit_se.configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors", init="")
     config = common.get_config()
     config.dataset = "raf_db"
     config.dataset_config = "aligned"
@@ -23,4 +23,4 @@ def get_config(arg=None):
     config.augment.crop = "five_crop"
     config.eval_every = 1000
     config.checkpoint_every = 1000
-    return common.apply_recipe(config, arg.recipe)
+    return pretrained.apply(common.apply_recipe(config, arg.recipe), arg.init)

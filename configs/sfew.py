@@ -11,12 +11,12 @@ honest, the checkpoint kept as "best" is chosen on a held-out tenth of Train, an
 split is reported as `test`. Without init_from, pass pretrained_path (an official i21k->i1k B/16).
 """
 
-from vit_se import model_configs
+from vit_se import model_configs, pretrained
 from vit_se.configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, variant="B/16", recipe="authors")
+    arg = common.parse_arg(arg, variant="B/16", recipe="authors", init="")
     config = common.get_config()
     config.dataset = "sfew"
     config.dataset_config = "aligned"
@@ -28,4 +28,4 @@ def get_config(arg=None):
     config.num_epochs = 30.0
     config.eval_every = 100
     config.checkpoint_every = 100
-    return common.apply_recipe(config, arg.recipe)
+    return pretrained.apply(common.apply_recipe(config, arg.recipe), arg.init)

@@ -31,7 +31,7 @@ LAYERS = [
     ],
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
-    ["workdir", "configs.common", "datasets.common", "datasets.registry"],
+    ["workdir", "configs.common", "datasets.common", "datasets.registry", "pretrained"],
     # Finding, sniffing and reading images and videos: for the builders below and the commands.
     ["datasets.synthetic_faces", "media"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.

@@ -26,6 +26,14 @@ PUBLISHED_COUNTS = {
     "L/32": 306_535_400,
     "H/14": 632_045_800,
 }
+# big_vision's widths (decode_variant), with the same 1000-class head and class token at 224 px:
+# no published count in this layout, so the architecture's (`_vit_jax_count`) is written out here.
+BIG_VISION_COUNTS = {
+    "M/16": 38_837_736,
+    "So400m/14": 413_597_656,
+    "So400m/16": 413_735_896,
+    "g-opt/16": 1_136_286_184,
+}
 # Test-only widths, not official: counted from the architecture (`_vit_jax_count`).
 UNPUBLISHED = ("tiny/8", "tiny/4", "cpu/6")
 
@@ -39,11 +47,63 @@ def _vit_jax_count(hidden, layers, mlp, patch, image=224, num_classes=1000):
     return embed + layers * block + 2 * hidden + hidden * num_classes + num_classes
 
 
+def _siglip_tower_count(hidden, layers, mlp, patch, image):
+    """A SigLIP image tower's count: big_vision vit.py with pool 'map' and no head (no class
+    token; a position embedding of the patches only; MAPHead_0's probe, attention, LayerNorm
+    and MLP of the model's mlp_dim)."""
+    block = 2 * 2 * hidden + 4 * (hidden * hidden + hidden) + 2 * hidden * mlp + mlp + hidden
+    embed = patch * patch * 3 * hidden + hidden + (image // patch) ** 2 * hidden
+    map_head = (
+        hidden + 4 * (hidden * hidden + hidden) + 2 * hidden + 2 * hidden * mlp + mlp + hidden
+    )
+    return embed + layers * block + 2 * hidden + map_head
+
+
 def test_every_variant_has_an_exact_count():
-    assert set(PUBLISHED_COUNTS) | set(UNPUBLISHED) == set(model_configs.VARIANTS)
-    for name, count in PUBLISHED_COUNTS.items():  # the formula agrees with every published count
+    counted = set(PUBLISHED_COUNTS) | set(BIG_VISION_COUNTS) | set(UNPUBLISHED)
+    assert counted == set(model_configs.VARIANTS)
+    for name, count in {**PUBLISHED_COUNTS, **BIG_VISION_COUNTS}.items():
         hidden, layers, _, mlp, patch = model_configs.VARIANTS[name]
         assert _vit_jax_count(hidden, layers, mlp, patch) == count, name
+
+
+def test_big_vision_widths_are_decode_variants():
+    # big_vision/models/vit.py decode_variant: width, depth, mlp_dim, num_heads.
+    assert model_configs.VARIANTS["M/16"] == (512, 12, 8, 2048, 16)
+    assert model_configs.VARIANTS["So400m/14"] == (1152, 27, 16, 4304, 14)
+    assert model_configs.VARIANTS["So400m/16"] == (1152, 27, 16, 4304, 16)
+    assert model_configs.VARIANTS["g-opt/16"] == (1536, 40, 16, 6144, 16)
+    assert model_configs.get_config("so400m14").name == "So400m/14"
+    assert model_configs.get_config("g-opt16").name == "g-opt/16"
+
+
+@pytest.mark.parametrize("name", list(BIG_VISION_COUNTS))
+def test_big_vision_width_parameter_counts(name):
+    params = _param_shapes(model_configs.get_config(name, use_se=False), 1000)
+    assert _count(params) == BIG_VISION_COUNTS[name]
+
+
+# SigLIP / SigLIP 2 image towers at their released resolutions (So400m/14 at 384 px sees 378 of
+# them: 27 x 27 patches): vit_se with classifier 'map', no SE and no head. So400m/14 at 384 is
+# the 428,225,600 of the released SigLIP So400m vision model.
+SIGLIP_TOWERS = {
+    ("B/16", 224): 92_884_224,
+    ("B/32", 256): 94_552_320,
+    ("L/16", 256): 315_956_224,
+    ("So400m/14", 224): 427_680_704,
+    ("So400m/14", 378): 428_225_600,
+    ("So400m/16", 256): 427_888_064,
+    ("g-opt/16", 256): 1_163_168_256,
+}
+
+
+@pytest.mark.parametrize("name,image", list(SIGLIP_TOWERS))
+def test_siglip_image_tower_parameter_counts(name, image):
+    hidden, layers, _, mlp, patch = model_configs.VARIANTS[name]
+    assert _siglip_tower_count(hidden, layers, mlp, patch, image) == SIGLIP_TOWERS[name, image]
+    cfg = model_configs.get_config(name, use_se=False)
+    cfg.classifier = "map"
+    assert _count(_param_shapes(cfg, None, image=image)) == SIGLIP_TOWERS[name, image]
 
 
 @pytest.mark.parametrize("name", UNPUBLISHED)
@@ -105,6 +165,61 @@ def test_representation_size_adds_pre_logits_and_se_follows_it():
     params = _param_shapes(cfg, 7)
     assert params["pre_logits"]["kernel"].shape == (768, 768)
     assert params["se"]["reduce"]["kernel"].shape == (768, 192)
+
+
+def test_map_classifier_has_big_vision_map_head_and_no_class_token():
+    cfg = model_configs.get_config("B/16")
+    cfg.classifier = "map"
+    params = _param_shapes(cfg, 7)
+    assert set(params) == {"embedding", "Transformer", "MAPHead_0", "se", "head"}
+    head = params["MAPHead_0"]
+    assert set(head) == {"probe", "MultiHeadDotProductAttention_0", "LayerNorm_0", "MlpBlock_0"}
+    assert head["probe"].shape == (1, 1, 768)
+    attention = head["MultiHeadDotProductAttention_0"]
+    assert attention["query"]["kernel"].shape == (768, 12, 64)  # as a block's attention
+    assert attention["out"]["kernel"].shape == (12, 64, 768)
+    assert head["MlpBlock_0"]["Dense_0"]["kernel"].shape == (768, 3072)
+    assert params["Transformer"]["posembed_input"]["pos_embedding"].shape == (1, 196, 768)
+
+
+def test_sincos2d_has_no_position_parameter_and_is_big_vision_formula():
+    cfg = model_configs.get_config("tiny/4")
+    cfg.posemb = "sincos2d"
+    params = _param_shapes(cfg, 7, image=32)
+    assert "posembed_input" not in params["Transformer"]
+    # big_vision's posemb_sincos_2d, written out: token (y, x) of the grid gets
+    # [sin(x w_d), cos(x w_d), sin(y w_d), cos(y w_d)], w_d = 10000 ** (-d / (width/4 - 1)).
+    h, w, width = 3, 5, 32
+    pe = models.posemb_sincos_2d(h, w, width)
+    assert pe.shape == (1, 15, 32) and pe.dtype == np.float32
+    omega = [10000.0 ** (-d / 7) for d in range(8)]
+    for y in range(h):
+        for x in range(w):
+            row = pe[0, y * w + x]
+            for d in range(8):
+                want = (np.sin(x * omega[d]), np.cos(x * omega[d]))
+                np.testing.assert_allclose(row[[d, 8 + d]], want, atol=1e-7)
+                want = (np.sin(y * omega[d]), np.cos(y * omega[d]))
+                np.testing.assert_allclose(row[[16 + d, 24 + d]], want, atol=1e-7)
+    with pytest.raises(ValueError, match="a multiple of 4 \\(>= 8\\), got 30"):
+        models.posemb_sincos_2d(2, 2, 30)
+
+
+@pytest.mark.parametrize("classifier", ["token", "map"])
+def test_sincos2d_is_a_fixed_embedding_of_the_patches_alone(classifier):
+    # big_vision adds it before the class token joins: the same as a learned embedding holding a
+    # zero class row and the sin-cos rows.
+    sincos = _tiny(posemb="sincos2d", classifier=classifier, impl="plain")
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(sincos.init(jax.random.PRNGKey(0), x)["params"])
+    table = models.posemb_sincos_2d(8, 8, 32)
+    if classifier == "token":
+        table = np.concatenate([np.zeros((1, 1, 32), np.float32), table], axis=1)
+    learned = dict(
+        params, Transformer=dict(params["Transformer"], posembed_input={"pos_embedding": table})
+    )
+    want = _tiny(classifier=classifier, impl="plain").apply({"params": learned}, x)
+    np.testing.assert_allclose(sincos.apply({"params": params}, x), want, atol=1e-6)
 
 
 def test_gap_classifier_has_no_class_token():
@@ -192,17 +307,23 @@ ATTENTION_IMPLS_HERE = [
 ]
 
 
-@pytest.mark.parametrize("classifier", ["token", "gap"])
+@pytest.mark.parametrize(
+    "classifier,posemb",
+    # sincos2d adds a constant to the patches; test_scanned_map_sincos2d_model_is_the_unrolled_one
+    # runs it through both implementations.
+    [("token", "learn"), ("gap", "learn"), ("map", "learn")],
+)
 @pytest.mark.parametrize("use_se", [True, False])
 @pytest.mark.parametrize("representation_size", [None, 24])
 @pytest.mark.parametrize("attention_impl", ATTENTION_IMPLS_HERE)
 def test_plain_and_cpu_lean_agree_on_logits_and_every_gradient(
-    classifier, use_se, representation_size, attention_impl
+    classifier, posemb, use_se, representation_size, attention_impl
 ):
     # The reference is vit_jax's computation: plain, every token through every block.
     ref_model = _tiny(
         use_se=use_se,
         classifier=classifier,
+        posemb=posemb,
         representation_size=representation_size,
         impl="plain",
         last_block_token_only=False,
@@ -334,6 +455,49 @@ def test_gap_classifier_computes_every_token_in_the_last_block():
     assert flat["Transformer/encoder_norm/__call__"][0].shape == (2, 64, 32)
 
 
+def test_map_classifier_computes_every_token_in_the_last_block():
+    model = _tiny(classifier="map")  # last_block_token_only has no effect: the probe reads all
+    x = jnp.ones((2, 32, 32, 3))
+    params = model.init(jax.random.PRNGKey(0), x)["params"]
+    _, state = model.apply(
+        {"params": params}, x, capture_intermediates=True, mutable=["intermediates"]
+    )
+    flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+    assert flat["Transformer/encoder_norm/__call__"][0].shape == (2, 64, 32)
+    assert flat["MAPHead_0/__call__"][0].shape == (2, 32)
+
+
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_map_head_sows_the_probe_attention_over_every_token(impl):
+    model = _tiny(classifier="map", sow_attention=True, impl=impl)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(model.init(jax.random.PRNGKey(0), x)["params"])
+    logits, state = model.apply({"params": params}, x, mutable=["intermediates"])
+    flat = flax.traverse_util.flatten_dict(state["intermediates"], sep="/")
+    (weights,) = flat["MAPHead_0/MultiHeadDotProductAttention_0/attention_weights"]
+    assert weights.shape == (2, 2, 1, 64)  # N, heads, the probe, every patch token
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(
+        logits, model.clone(sow_attention=False).apply({"params": params}, x), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
+def test_scanned_map_sincos2d_model_is_the_unrolled_one(impl, remat_policy):
+    from vit_se import checkpoint
+
+    unrolled = _tiny(classifier="map", posemb="sincos2d", impl=impl)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    params = perturbed(unrolled.init(jax.random.PRNGKey(0), x)["params"])
+    ref_grads, ref_logits = jax.jit(lambda p: grads_and_logits(unrolled, p, x))(params)
+    scanned = unrolled.clone(scan=True, remat_policy=remat_policy)
+    stacked = checkpoint.stack_blocks(params, jnp.stack)
+    grads, logits = jax.jit(lambda p: grads_and_logits(scanned, p, x))(stacked)
+    np.testing.assert_allclose(logits, ref_logits, atol=LOGIT_ATOL)
+    assert_same_grads(checkpoint.unstack_blocks(grads), ref_grads)
+
+
 def test_auto_is_the_cpu_path_on_cpu_and_plain_elsewhere():
     assert models.resolve_impl("auto", backend="cpu") == "cpu_lean"
     assert models.resolve_impl("auto", backend="gpu") == "plain"
@@ -364,7 +528,8 @@ def test_cudnn_attention_falls_back_to_xla_off_gpu(caplog):
         ("impl", "fast", "'auto', 'plain', 'cpu_lean'"),
         ("attention_impl", "flash", "'xla', 'cudnn'"),
         ("remat_policy", "dots", "'none', 'full', 'save_dots'"),
-        ("classifier", "map", "'token', 'gap'"),
+        ("classifier", "tok", "'token', 'gap', 'map'"),
+        ("posemb", "learned", "'learn', 'sincos2d'"),
     ],
 )
 def test_unknown_option_is_one_line_naming_field_and_choices(field, value, allowed):

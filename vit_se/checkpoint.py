@@ -1,25 +1,37 @@
 """Official ViT `.npz` checkpoints in, vit_se parameter trees out (and back).
 
-Two families exist and users hold both: vit_jax files (flat `/`-joined keys, pre-linen module
-numbers, a class-token row in the position embedding, `pre_logits` in the raw i21k files) and
-big_vision files (`params/` prefix, linen names, a top-level position embedding without a class
-row, optionally scan-stacked blocks). The format is detected from the keys, so a user only ever
-passes a path. Anything that does not fit is reported in one error naming every key, because a
-silently skipped weight looks like a bad hyper-parameter for days.
+The families users hold, all detected from the keys, so a user only ever passes a path:
+- vit_jax files: flat `/`-joined keys, pre-linen module numbers, a class-token row in the position
+  embedding, `pre_logits` in the raw i21k files;
+- big_vision `vit.py` files: `params/` prefix, linen names, a top-level position embedding without
+  a class row, optionally scan-stacked blocks; pooled by class token (`cls`), by the mean of the
+  tokens ('gap') or by attention (`MAPHead_0`); with `posemb='sincos2d'` the position embedding is
+  computed, so the file has none;
+- big_vision two-tower (image-text) files, SigLIP and SigLIP 2: the image tower, a `vit.py` model
+  with MAP pooling, under `params/img/`, beside the text tower `params/txt/` and the scalars
+  `params/t`, `params/b`. Only the image tower is read; the text tower's arrays are not even
+  loaded (half of a SigLIP file). The image tower of the released SigLIP files has no `head` (its
+  pooled vector is the joint embedding); where one has (`params/img/head`, a projection into the
+  image-text space, as in LiT), it is dropped and the classifier starts afresh.
+
+Anything that does not fit is reported in one error naming every key, because a silently skipped
+weight looks like a bad hyper-parameter for days; a file whose pooling or position embedding is
+not the model's is reported in one line naming both.
 """
 
 from __future__ import annotations
 
-import io
-import os
+import dataclasses
 import re
 import sys
 
 import numpy as np
 import scipy.ndimage
 from absl import logging
+from etils import epath
 
 from vit_se import workdir
+from vit_se.errors import Error
 
 # Parameters a fine-tuning run creates afresh when the checkpoint lacks them or when the number of
 # classes differs; everything else must be in the file.
@@ -34,39 +46,75 @@ _BLOCK = re.compile(r"^Transformer/encoderblock_(\d+)/(.*)$")
 # A scanned model's blocks (big_vision's scan=True layout, vit_se's `scan` field): one subtree whose
 # every array has a leading depth axis.
 SCANNED = "Transformer/encoderblock/"
+POS = "Transformer/posembed_input/pos_embedding"
+# The image tower of a two-tower file, and the subtree of its other tower (never loaded).
+IMAGE_TOWER = "img/"
+TEXT_TOWER = "params/txt/"
+# What a file's pooling is recognised by, for messages.
+_POOLING_EVIDENCE = {
+    "token": "class token 'cls'",
+    "map": "MAPHead_0",
+    "gap": "neither 'cls' nor MAPHead_0",
+}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error, ValueError):
     """The file is not a usable ViT checkpoint for the configured model."""
 
 
-def _open(path):
-    """Reads a local or gs:// file; tf.io.gfile only when the path needs it (TF import is slow)."""
-    if "://" in os.fspath(path):
-        import tensorflow as tf
+class Unread:
+    """Shape and dtype of an array left unread in the file (the text tower of a two-tower file)."""
 
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def _header(zip_file, key):
+    """The shape and dtype of one .npy member, read from its header alone."""
+    name = key + ".npy" if key + ".npy" in zip_file.namelist() else key
+    with zip_file.open(name) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    return Unread(shape, dtype)
 
 
 def load_npz(path):
-    """Returns the flat {key: array} of an .npz file, or a one-line error saying what it is."""
+    """The flat {key: array} of a local or gs:// .npz file, or a one-line error saying what it is.
+
+    Arrays are read one by one from the open file (etils.epath), not from a copy of the whole file
+    in memory; a two-tower file's text tower is not read at all (`Unread` stand-ins keep its
+    shapes for `inspect`).
+    """
     try:
-        data = _open(path)
-    except (OSError, FileNotFoundError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from None
-    except Exception as e:  # tf.errors.NotFoundError and friends for gs:// paths
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__})") from None
-    if not data.startswith(b"PK"):
-        what = "the file is empty" if not data else f"the file starts with {data[:8]!r}"
-        raise CheckpointError(f"{path}: not an .npz checkpoint ({what}; expected a zip)")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from None
+        f = epath.Path(path).open("rb")
+    except Exception as e:  # FileNotFoundError, PermissionError, gs:// NotFound and friends
+        raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(e)})") from None
+    with f:
+        try:
+            head = f.read(8)
+            f.seek(0)
+        except Exception as e:  # a directory, an unreadable object
+            raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(e)})") from None
+        if not head.startswith(b"PK"):
+            what = "the file is empty" if not head else f"the file starts with {head!r}"
+            raise CheckpointError(f"{path}: not an .npz checkpoint ({what}; expected a zip)")
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                return {k: _header(z.zip, k) if k.startswith(TEXT_TOWER) else z[k] for k in z.files}
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable .npz checkpoint ({e})") from None
 
 
 def detect_format(flat, path="checkpoint"):
@@ -143,17 +191,21 @@ def stack_blocks(params, stack=np.stack):
 
 
 def to_vit_se_keys(flat, fmt):
-    """Maps either family onto vit_se's flat linen keys (vit_jax linen names)."""
+    """Maps either family's image model onto vit_se's flat linen keys (vit_jax linen names).
+
+    For big_vision, `flat` is the image model's own keys, `params/` (and a two-tower file's `img/`)
+    already removed by `read_layout`.
+    """
     if fmt == "big_vision":
-        flat = {k[len("params/") :]: v for k, v in flat.items()}
-        flat = _unstack_scan(flat)
+        flat = _unstack_scan(dict(flat))
         if "pos_embedding" in flat:
             pe = flat.pop("pos_embedding")
-            if "cls" in flat:
+            if "cls" in flat and _is_square(pe.shape[1]):
                 # big_vision adds position embeddings before prepending the class token; a zero
-                # class row makes vit_jax's add-after-prepend compute the same thing.
+                # class row makes vit_jax's add-after-prepend compute the same thing. (Files of
+                # big_vision's first vit.py have the class row already: vit_jax's order.)
                 pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
-            flat["Transformer/posembed_input/pos_embedding"] = pe
+            flat[POS] = pe
         return flat
     out = {}
     for k, v in flat.items():
@@ -162,37 +214,155 @@ def to_vit_se_keys(flat, fmt):
     return _unstack_scan(out)  # a scanned tree saved without save_npz
 
 
+@dataclasses.dataclass
+class Layout:
+    """What a file holds, in vit_se's terms."""
+
+    fmt: str  # 'vit_jax' or 'big_vision'
+    tree: dict  # the image model's arrays under vit_se's flat linen keys, blocks unrolled
+    tower: str  # where the image model lies: 'params/img/' in a two-tower file, else 'whole file'
+    set_aside: list  # what of the file is not read into the model, e.g. 'params/txt/ (...)'
+    pooling: str | None  # 'token', 'gap' or 'map'; None: a class row without a class token
+    posemb: str  # 'learn' or 'sincos2d' (no position embedding in the file)
+    num_params: int  # of the image model, as stored
+
+
+def _is_square(n):
+    return n >= 1 and int(round(n**0.5)) ** 2 == n
+
+
+def _count(arrays):
+    return int(sum(v.size for v in arrays))
+
+
+def _image_model(flat, path):
+    """(the image model's big_vision keys without `params/`, its tower, what is set aside)."""
+    flat = {k[len("params/") :]: v for k, v in flat.items()}
+    tops = sorted({k.split("/")[0] for k in flat})
+    if "img" not in tops and "txt" not in tops:
+        return flat, "whole file", []
+    if "img" not in tops:
+        raise CheckpointError(
+            f"{path}: a two-tower (image-text) file without an image tower: it holds "
+            f"{', '.join('params/' + t for t in tops)} but no params/img/, the image model "
+            "vit_se fine-tunes"
+        )
+    image = {k[len(IMAGE_TOWER) :]: v for k, v in flat.items() if k.startswith(IMAGE_TOWER)}
+    set_aside = []
+    for top in tops:
+        if top == "img":
+            continue
+        keys = [k for k in flat if k.split("/")[0] == top]
+        if keys == [top]:  # a scalar such as the temperature t or the bias b
+            set_aside.append(f"params/{top}")
+        else:
+            arrays = [flat[k] for k in keys]
+            set_aside.append(f"params/{top}/ ({len(keys)} arrays, {_count(arrays):,} parameters)")
+    return image, "params/img/", set_aside
+
+
+def _check_vit_py(path, image):
+    """One line for image models vit.py cannot run: NaFlex towers, text towers."""
+    kernel, pe = image.get("embedding/kernel"), image.get("pos_embedding")
+    if (kernel is not None and len(kernel.shape) == 2) or (
+        pe is not None and len(pe.shape) == 3 and pe.shape[0] != 1
+    ):
+        shapes = ", ".join(
+            f"{name} {tuple(v.shape)}"
+            for name, v in (("embedding/kernel", kernel), ("pos_embedding", pe))
+            if v is not None
+        )
+        raise CheckpointError(
+            f"{path}: a NaFlex image tower ({shapes}: patches embedded by a Dense layer, a 2-D "
+            "position grid resized per image), which needs big_vision's naflex_vit.py, not the "
+            "vit.py model vit_se is: use a fixed-resolution file such as siglip2_b16_224.npz"
+        )
+    if kernel is None and any(k.startswith(("Embed_0/", "Encoder_0/")) for k in image):
+        raise CheckpointError(
+            f"{path}: a text tower (Embed_0/embedding, Encoder_0/...), not an image model; "
+            "vit_se needs a ViT's embedding/kernel (a SigLIP file's params/img/)"
+        )
+
+
+def read_layout(flat, path="checkpoint"):
+    """The `Layout` of a file's flat arrays (either family, a two-tower file's image tower)."""
+    fmt = detect_format(flat, path)
+    tower, set_aside = "whole file", []
+    if fmt == "big_vision":
+        flat, tower, set_aside = _image_model(flat, path)
+        _check_vit_py(path, flat)
+        if tower != "whole file" and "head/kernel" in flat:
+            head = tuple(flat["head/kernel"].shape)
+            flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
+            logging.info(
+                "%s: not loading params/img/head %s, the image tower's projection into the joint "
+                "image-text embedding: the classifier starts afresh",
+                path,
+                head,
+            )
+            set_aside.append(f"params/img/head {head} (into the image-text embedding)")
+        if set_aside:
+            logging.info(
+                "%s: a two-tower (image-text) file; reading its image tower params/img/, not %s",
+                path,
+                ", ".join(set_aside),
+            )
+    num_params = _count(flat.values())
+    tree = to_vit_se_keys(flat, fmt)
+    if "embedding/kernel" not in tree:
+        raise CheckpointError(f"{path}: checkpoint has no 'embedding/kernel'; not a ViT")
+    if _has_map(tree):
+        pooling = "map"
+    elif "cls" in tree:
+        pooling = "token"
+    elif POS in tree and _is_square(tree[POS].shape[1] - 1) and not _is_square(tree[POS].shape[1]):
+        pooling = None  # a vit_jax class row with no class token: reported key by key
+    else:
+        pooling = "gap"
+    posemb = "learn" if POS in tree else "sincos2d"
+    return Layout(fmt, tree, tower, set_aside, pooling, posemb, num_params)
+
+
 def _depth(flat):
     """Number of blocks of a flat tree in the unrolled layout."""
     return len({int(m.group(1)) for k in flat if (m := _BLOCK.match(k))})
 
 
-def describe(flat, fmt=None):
-    """Variant facts of a checkpoint given its flat arrays (either family)."""
-    fmt = fmt or detect_format(flat)
-    tree = to_vit_se_keys(flat, fmt)
-    emb = tree.get("embedding/kernel")
-    if emb is None:
-        raise CheckpointError("checkpoint has no 'embedding/kernel'; not a ViT")
+def describe(flat, path="checkpoint"):
+    """Variant facts of a checkpoint given its flat arrays (either family, a two-tower file's
+    image tower)."""
+    layout = read_layout(flat, path)
+    tree = layout.tree
+    emb = tree["embedding/kernel"]
     patch, width = emb.shape[0], emb.shape[-1]
-    info = {"format": fmt, "width": int(width), "depth": _depth(tree), "patch": int(patch)}
+    info = {
+        "format": layout.fmt,
+        "tower": layout.tower,
+        "not_read": ", ".join(layout.set_aside) or "nothing",
+        "width": int(width),
+        "depth": _depth(tree),
+        "patch": int(patch),
+    }
     q = tree.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
     info["heads"] = int(q.shape[1]) if q is not None else None
     mlp = tree.get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")
     info["mlp_dim"] = int(mlp.shape[1]) if mlp is not None else None
-    pe = tree.get("Transformer/posembed_input/pos_embedding")
-    has_cls = "cls" in tree
-    tokens = pe.shape[1] - int(has_cls) if pe is not None else 0
-    grid = int(round(tokens**0.5))
-    info["classifier"] = "token" if has_cls else ("map" if _has_map(tree) else "gap")
-    info["grid"] = (grid, grid)
-    info["image_size"] = grid * int(patch)
+    info["classifier"] = layout.pooling or "token (class row, but no 'cls')"
+    info["posemb"] = layout.posemb
+    if POS in tree:
+        tokens = tree[POS].shape[1] - int("cls" in tree or layout.pooling is None)
+        grid = int(round(tokens**0.5))
+        info["grid"] = (grid, grid)
+        info["image_size"] = grid * int(patch)
+    else:  # computed for whatever size the model is configured with
+        info["grid"] = None
+        info["image_size"] = None
     info["representation_size"] = (
         int(tree["pre_logits/kernel"].shape[1]) if "pre_logits/kernel" in tree else None
     )
     info["head_classes"] = int(tree["head/kernel"].shape[1]) if "head/kernel" in tree else None
     info["head_is_zero"] = bool("head/kernel" in tree and not np.any(tree["head/kernel"]))
-    info["num_params"] = int(sum(v.size for v in flat.values()))
+    info["num_params"] = layout.num_params
     info["variant"] = _variant_name(info)
     return info
 
@@ -274,17 +444,13 @@ def load_pretrained(path, init_params):
 
 def params_from_flat(flat_ckpt, init_params, path="checkpoint"):
     """`load_pretrained` on arrays already in memory (either family's flat keys)."""
-    fmt = detect_format(flat_ckpt, path)
-    ckpt = to_vit_se_keys(flat_ckpt, fmt)
+    layout = read_layout(flat_ckpt, path)
+    ckpt, fmt = layout.tree, layout.fmt
     expected = flatten(init_params)
     scanned = is_scanned(expected)
     expected = _unstack_scan(expected)
     _check_variant(path, ckpt, expected)
-    if _has_map(ckpt):
-        raise CheckpointError(
-            f"{path}: big_vision checkpoint with MAP pooling (MAPHead_0); vit_se models pool by "
-            "class token or 'gap': use a checkpoint trained with pool_type 'tok' or 'gap'"
-        )
+    _check_pooling_and_posemb(path, layout, expected)
 
     out, missing, unexpected, wrong = {}, [], [], []
     for key, ref in expected.items():
@@ -296,11 +462,7 @@ def params_from_flat(flat_ckpt, init_params, path="checkpoint"):
             missing.append(f"{key} {_shape(ref)}")
             continue
         value = ckpt[key]
-        if (
-            key == "Transformer/posembed_input/pos_embedding"
-            and _shape(value) != _shape(ref)
-            and value.shape[2] == ref.shape[2]
-        ):
+        if key == POS and _shape(value) != _shape(ref) and value.shape[2] == ref.shape[2]:
             value = resize_posemb(value, ref.shape[1], has_cls="cls" in expected)
         if _shape(value) != _shape(ref):
             if fresh_ok:  # e.g. a 21843- or 1000-class head replaced by a 7-class one
@@ -330,22 +492,53 @@ def params_from_flat(flat_ckpt, init_params, path="checkpoint"):
     return unflatten(_stack_scan(out, np.stack) if scanned else out)
 
 
+def _dims(tree):
+    kernel = tree["embedding/kernel"]
+    return kernel.shape[-1], _depth(tree), kernel.shape[0]
+
+
 def _check_variant(path, ckpt, expected):
-    """One short line when width or depth differ, before any per-key listing."""
+    """One short line when width, depth or patch differ, before any per-key listing."""
     if "embedding/kernel" not in ckpt or "embedding/kernel" not in expected:
         return
-    got = (ckpt["embedding/kernel"].shape[-1], _depth(ckpt), ckpt["embedding/kernel"].shape[0])
-    want = (
-        expected["embedding/kernel"].shape[-1],
-        _depth(expected),
-        expected["embedding/kernel"].shape[0],
-    )
+    got, want = _dims(ckpt), _dims(expected)
     if got != want:
-        info = describe(ckpt, "vit_jax")
+        q = ckpt.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
+        mlp = ckpt.get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")
+        variant = _variant_name(
+            {
+                "width": got[0],
+                "depth": got[1],
+                "patch": got[2],
+                "heads": q.shape[1] if q is not None else None,
+                "mlp_dim": mlp.shape[1] if mlp is not None else None,
+            }
+        )
         raise CheckpointError(
-            f"{path}: checkpoint is a ViT {info['variant']} (width {got[0]}, depth {got[1]}, "
+            f"{path}: checkpoint is a ViT {variant} (width {got[0]}, depth {got[1]}, "
             f"patch {got[2]}); the config expects width {want[0]}, depth {want[1]}, patch {want[2]}"
         )
+
+
+def _check_pooling_and_posemb(path, layout, expected):
+    """One line naming the file's and the model's pooling and position embedding where they
+    differ: loading across them would leave a head or an embedding untrained, or unused."""
+    pooling = "map" if _has_map(expected) else "token" if "cls" in expected else "gap"
+    posemb = "learn" if POS in expected else "sincos2d"
+    parts = []
+    if layout.pooling is not None and layout.pooling != pooling:
+        parts.append(
+            f"the file pools by {layout.pooling!r} ({_POOLING_EVIDENCE[layout.pooling]}), the "
+            f"model by {pooling!r} (set config.model.classifier={layout.pooling!r})"
+        )
+    if layout.posemb != posemb:
+        have = f"pos_embedding {_shape(layout.tree[POS])}" if POS in layout.tree else "none stored"
+        parts.append(
+            f"the file's position embedding is {layout.posemb!r} ({have}), the model's "
+            f"{posemb!r} (set config.model.posemb={layout.posemb!r})"
+        )
+    if parts:
+        raise CheckpointError(f"{path}: " + "; ".join(parts))
 
 
 def save_npz(params, path):
@@ -361,23 +554,29 @@ def save_npz(params, path):
 
 def format_description(path, info):
     lines = [f"{path}"]
+    shown = dict(info)
+    if shown["image_size"] is None:
+        shown["grid"] = shown["image_size"] = "not stored (sincos2d: computed for any size)"
     for key in (
         "format",
+        "tower",
+        "not_read",
         "variant",
         "width",
         "depth",
         "heads",
         "mlp_dim",
         "patch",
+        "classifier",
+        "posemb",
         "grid",
         "image_size",
-        "classifier",
         "representation_size",
         "head_classes",
         "head_is_zero",
         "num_params",
     ):
-        lines.append(f"  {key:20s} {info[key]}")
+        lines.append(f"  {key:20s} {shown[key]}")
     return "\n".join(lines)
 
 
@@ -390,7 +589,7 @@ def inspect_main(argv=None):
     status = 0
     for path in argv:
         try:
-            print(format_description(path, describe(load_npz(path))))
+            print(format_description(path, describe(load_npz(path), path=path)))
         except CheckpointError as e:
             print(f"error: {e}", file=sys.stderr)
             status = 1

@@ -19,7 +19,8 @@ FACE_CROPS = ("none", "haar", "aligned")
 IMPLS = ("auto", "plain", "cpu_lean")
 ATTENTION_IMPLS = ("xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "save_dots")
-CLASSIFIERS = ("token", "gap")
+CLASSIFIERS = ("token", "gap", "map")  # class token, mean of tokens, big_vision's MAP head
+POSEMBS = ("learn", "sincos2d")  # a learned parameter, or big_vision's computed 2-D sin-cos
 DTYPES = ("float32", "bfloat16")
 
 

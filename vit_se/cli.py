@@ -196,10 +196,8 @@ def define_verbose_flag():
 
 
 def user_errors():
-    """The exception types reported as one line (imported here, not above: see the docstring)."""
-    from vit_se.checkpoint import CheckpointError
-
-    return (Error, CheckpointError, FileNotFoundError)
+    """The exception types reported as one line: every user error is an errors.Error."""
+    return (Error, FileNotFoundError)
 
 
 def hide_accelerators_from_tensorflow():

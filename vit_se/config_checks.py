@@ -212,6 +212,7 @@ def _check_model(config):
         _between(m, f"transformer.{field}", 0.0, 1.0, high_open=True)
     for field, allowed in (
         ("classifier", choices.CLASSIFIERS),
+        ("posemb", choices.POSEMBS),
         ("dtype", choices.DTYPES),
         ("impl", choices.IMPLS),
         ("attention_impl", choices.ATTENTION_IMPLS),

@@ -1,9 +1,15 @@
 """Named ViT variants with the official widths, as ml_collections configs (vit_jax style).
 
+The widths are vit_jax's (Ti, S, B, L, H) and big_vision's `decode_variant` (M, So400m, g-opt:
+big_vision/models/vit.py), at the patch sizes their published checkpoints use (SigLIP and SigLIP 2
+ship So400m/14, So400m/16 and g-opt/16; M has no SigLIP file, /16 is big_vision's usual patch).
+
 A model config holds exactly the fields of `models.VisionTransformer` (plus `name`), so a trainer
 config can embed one as `config.model` and override any field from the command line
 (`--config.model.scan=True`). `variant_name` tells which named variant a config's widths are.
 """
+
+import re
 
 import ml_collections
 
@@ -16,6 +22,10 @@ VARIANTS = {
     "L/16": (1024, 24, 16, 4096, 16),
     "L/32": (1024, 24, 16, 4096, 32),
     "H/14": (1280, 32, 16, 5120, 14),
+    "M/16": (512, 12, 8, 2048, 16),
+    "So400m/14": (1152, 27, 16, 4304, 14),
+    "So400m/16": (1152, 27, 16, 4304, 16),
+    "g-opt/16": (1536, 40, 16, 6144, 16),
     # For unit tests and the CPU demo only; not an official width.
     "tiny/8": (64, 2, 2, 128, 8),
     "tiny/4": (32, 2, 2, 64, 4),
@@ -25,10 +35,10 @@ VARIANTS = {
 
 
 def _normalise(name):
-    """Accepts 'B/16', 'ViT-B/16', 'ViT-B_16' and 'b16'."""
+    """Accepts 'B/16', 'ViT-B/16', 'ViT-B_16', 'b16', 'so400m14' and 'g-opt16'."""
     n = name.removeprefix("ViT-").removeprefix("vit-").replace("_", "/")
-    if "/" not in n:
-        n = n[0] + "/" + n[1:] if n[0].isalpha() and n[1:].isdigit() else n
+    if "/" not in n and (m := re.fullmatch(r"([A-Za-z][A-Za-z0-9-]*?)(\d+)", n)):
+        n = f"{m.group(1)}/{m.group(2)}"
     for known in VARIANTS:
         if known.lower() == n.lower():
             return known
@@ -57,7 +67,10 @@ def get_config(name="B/16", *, use_se=True, se_reduction=4, representation_size=
     # placeholder, so `--config.model.representation_size=768` can set it.
     config.representation_size = ml_collections.config_dict.placeholder(int)
     config.representation_size = representation_size
-    config.classifier = "token"  # pooling before SE and head: 'token' (class token) or 'gap'
+    # pooling before SE and head: 'token' (class token), 'gap' or 'map' (big_vision's MAPHead_0,
+    # as SigLIP's image tower)
+    config.classifier = "token"
+    config.posemb = "learn"  # 'learn' (a parameter) or 'sincos2d' (computed, as big_vision's)
     config.use_se = use_se  # the excitation block on the pooled vector (False: plain ViT)
     config.se_reduction = se_reduction  # r: SE's hidden width is width / r (paper 4, code 2)
     # Compute dtype of activations; parameters stay float32.

@@ -7,6 +7,10 @@ a module is added, and a shifted name is a silently unloaded weight.
 
 The SE block sits on the pooled representation right before the head. The input is already a
 vector, so there is no squeeze (pooling) step, only the excitation: c * sigmoid(W2 relu(W1 c)).
+What is pooled is `classifier`'s choice: the class token ('token', vit_jax), the mean of the tokens
+('gap'), or big_vision's multi-head attention pooling ('map', `MAPHead_0`, the pooling of every
+SigLIP image tower); SE acts on that vector the same way in all three. `posemb` is 'learn' (a
+parameter) or 'sincos2d' (big_vision's computed 2-D sin-cos embedding, no parameter).
 
 How the model computes is chosen by fields that never change what it computes (each is exact up to
 float rounding, tests/test_models.py and tests/test_scan_remat.py):
@@ -33,6 +37,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 
 from vit_se import choices, cpu_lean
@@ -53,6 +58,7 @@ REMAT_POLICIES = {
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 CLASSIFIERS = choices.CLASSIFIERS
+POSEMBS = choices.POSEMBS
 assert tuple(REMAT_POLICIES) == choices.REMAT_POLICIES
 
 
@@ -81,6 +87,26 @@ def resolve_impl(impl, attention_impl="xla", backend=None):
             "computes attention itself"
         )
     return impl
+
+
+def posemb_sincos_2d(h, w, width, temperature=10_000.0):
+    """big_vision's 'sincos2d' position embedding of an h x w grid (MoCo v3): [1, h*w, width].
+
+    Per token at row y, column x: [sin(x w_d), cos(x w_d), sin(y w_d), cos(y w_d)] over
+    w_d = temperature ** -(d / (width/4 - 1)), d = 0 .. width/4 - 1. A constant of the grid, so it
+    is computed in float64 with NumPy once per trace (exact to float32 on every backend, whose
+    float32 sines differ) and never stored in a checkpoint.
+    """
+    if width % 4 or width < 8:
+        raise ValueError(
+            f"posemb 'sincos2d' needs a width that is a multiple of 4 (>= 8), got {width}"
+        )
+    y, x = np.mgrid[:h, :w]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1))
+    y = np.einsum("m,d->md", y.ravel().astype(np.float64), omega)
+    x = np.einsum("m,d->md", x.ravel().astype(np.float64), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return pe[None].astype(np.float32)
 
 
 class AddPositionEmbs(nn.Module):
@@ -129,6 +155,37 @@ class MlpBlock(nn.Module):
         x = nn.Dropout(rate=self.dropout_rate)(nn.gelu(x), deterministic=deterministic)
         x = nn.Dense(inputs.shape[-1], dtype=self.dtype, name="Dense_1", **init)(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class MAPHead(nn.Module):
+    """big_vision's multi-head attention pooling (`MAPHead` in big_vision/models/vit.py).
+
+    A learned `probe` [1, 1, D] is the one query of a `MultiHeadDotProductAttention_0` over every
+    token (the same kernel shapes as a block's attention), then `x + MlpBlock_0(LayerNorm_0(x))`;
+    the pooled vector is that single row. No dropout, as in big_vision. Both implementations
+    compute it with flax's own modules: one query row has no [B, H, T, T] scores or [B, T, mlp]
+    activations, which are what `vit_se.cpu_lean` and fused attention kernels save.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    sow_attention: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        n, _, d = x.shape
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
+        probe = jnp.tile(probe.astype(x.dtype), (n, 1, 1))
+        x = nn.MultiHeadDotProductAttention(
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            name="MultiHeadDotProductAttention_0",
+        )(probe, x, deterministic=True, sow_weights=self.sow_attention)
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
+        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="MlpBlock_0")(y, deterministic=True)
+        return x[:, 0]
 
 
 def _dot_product_attention(query, key, value, implementation):
@@ -241,7 +298,9 @@ class Encoder1DBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Position embeddings, `num_layers` blocks (unrolled or scanned), final LayerNorm."""
+    """Learned position embeddings (`posemb='learn'`; sincos2d ones are added before the class
+    token joins, by `VisionTransformer`), `num_layers` blocks (unrolled or scanned), final
+    LayerNorm."""
 
     num_layers: int
     mlp_dim: int
@@ -256,6 +315,7 @@ class Encoder(nn.Module):
     last_block_token_only: bool = False  # the last block computes token 0 only ([B, 1, D])
     scan: bool = False
     remat_policy: str = "none"
+    posemb: str = "learn"
 
     def _drop_path_rate(self, i):
         # Linearly increasing with depth (Huang et al., 2016; DeiT).
@@ -283,7 +343,8 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train):
-        x = AddPositionEmbs(name="posembed_input")(x)
+        if self.posemb == "learn":
+            x = AddPositionEmbs(name="posembed_input")(x)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
         block_fields = dict(
             mlp_dim=self.mlp_dim,
@@ -354,7 +415,9 @@ class VisionTransformer(nn.Module):
     Speed options (see the module docstring; none changes a value beyond float rounding):
     impl, attention_impl, last_block_token_only, scan, remat_policy. `sow_attention` only sows:
     each block's `MultiHeadDotProductAttention_0/attention_weights` goes into 'intermediates'
-    (the last block's are [N, heads, 1, T] when it computes the class token only).
+    (the last block's are [N, heads, 1, T] when it computes the class token only), and with
+    `classifier='map'` the probe's, `MAPHead_0/MultiHeadDotProductAttention_0/attention_weights`
+    [N, heads, 1, T].
     """
 
     num_classes: int | None
@@ -372,9 +435,11 @@ class VisionTransformer(nn.Module):
     last_block_token_only: bool = True
     scan: bool = False
     remat_policy: str = "none"
+    posemb: str = "learn"
 
     def __post_init__(self):
         _check_choice("classifier", self.classifier, CLASSIFIERS)
+        _check_choice("posemb", self.posemb, POSEMBS)
         _check_choice("impl", self.impl, IMPLS)
         _check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         _check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
@@ -407,6 +472,10 @@ class VisionTransformer(nn.Module):
         )(x)
         n, h, w, c = x.shape
         x = jnp.reshape(x, (n, h * w, c))
+        if self.posemb == "sincos2d":
+            # big_vision's order: the patches get their embedding before the class token joins,
+            # so the class token has none.
+            x = x + jnp.asarray(posemb_sincos_2d(h, w, c), dtype)
         if self.classifier == "token":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, c), jnp.float32)
             x = jnp.concatenate([jnp.tile(cls.astype(dtype), (n, 1, 1)), x], axis=1)
@@ -426,9 +495,21 @@ class VisionTransformer(nn.Module):
             last_block_token_only=self.last_block_token_only and self.classifier == "token",
             scan=self.scan,
             remat_policy=self.remat_policy,
+            posemb=self.posemb,
             name="Transformer",
         )(x, train=train)
-        x = x[:, 0] if self.classifier == "token" else jnp.mean(x, axis=1)
+        if self.classifier == "token":
+            x = x[:, 0]
+        elif self.classifier == "gap":
+            x = jnp.mean(x, axis=1)
+        else:
+            x = MAPHead(
+                num_heads=t["num_heads"],
+                mlp_dim=t["mlp_dim"],
+                dtype=dtype,
+                sow_attention=self.sow_attention,
+                name="MAPHead_0",
+            )(x)
 
         if self.representation_size:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=dtype, name="pre_logits")(x))
