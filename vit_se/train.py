@@ -49,6 +49,7 @@ from vit_se.train_step import (
     create_model,
     init_state,
     jit_train_step,
+    platform_of,
     release_host_memory,
     xla_owned,
 )
@@ -187,7 +188,7 @@ def _train(config, workdir, progress, lock, stop):
     )
     local_batch = config.batch_size // jax.process_count()
 
-    model = create_model(config)
+    model = create_model(config, platform_of(mesh))
     lr_schedule = optim.schedule(config, steps_per_epoch, total_steps)
     tx = optim.optimizer(config, lr_schedule)
 

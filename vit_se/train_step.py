@@ -32,11 +32,23 @@ CPU_COMPILER_OPTIONS = {
 
 
 def compiler_options(platform):
-    """The options every jitted program of the trainer compiles with on `platform`."""
+    """The options every jitted program of the trainer compiles with for `platform`: the
+    platform compiled for (`platform_of(mesh)`), which need not be this machine's."""
     return CPU_COMPILER_OPTIONS if platform == "cpu" else None
 
 
-def create_model(config, **overrides):
+def platform_of(mesh):
+    """'cpu', 'gpu' or 'tpu': what a program laid out on `mesh` is compiled for. The preflight
+    compiles on a CPU for TPU devices, so nothing chosen by platform may ask JAX's default
+    backend."""
+    return mesh.devices.flat[0].platform
+
+
+def create_model(config, platform=None, **overrides):
+    """The model of `config.model`, its `impl='auto'` resolved for `platform` (the platform it is
+    compiled for; None: the devices of this process, for a model that runs where it is built)."""
+    impl = models.resolve_impl(config.model.impl, config.model.attention_impl, backend=platform)
+    overrides = {"impl": impl, **overrides}
     return models.build_model(config.model, config.num_classes, **overrides)
 
 
@@ -157,7 +169,9 @@ def abstract_state(config, model, tx, mesh):
 
 def init_state(config, model, tx, state_sh):
     """A fresh (or pretrained) state placed with `state_sh`."""
-    params = xla_owned(_put(_init_params(config, model), state_sh.params), state_sh.params)
+    platform = platform_of(state_sh.step.mesh)
+    params = _init_params(config, model, platform)
+    params = xla_owned(_put(params, state_sh.params), state_sh.params)
     opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
     release_host_memory()
@@ -174,8 +188,8 @@ def xla_owned(tree, shardings):
     return jax.jit(lambda t: jax.tree_util.tree_map(jnp.copy, t), out_shardings=shardings)(tree)
 
 
-def jit_model_init(model):
-    """`model.init`, jitted; on a CPU with CPU_COMPILER_OPTIONS.
+def jit_model_init(model, platform):
+    """`model.init`, jitted for `platform`; for a CPU with CPU_COMPILER_OPTIONS.
 
     Initialisation is one independent random draw per parameter, and XLA:CPU's default schedule
     draws them all before it writes any out, planning scratch larger than the parameters
@@ -183,7 +197,7 @@ def jit_model_init(model):
     memory-optimised schedule writes each parameter as it is drawn (next to no scratch); the values
     are the same (benchmarks/README.md has the figures).
     """
-    return jax.jit(model.init, compiler_options=compiler_options(jax.default_backend()))
+    return jax.jit(model.init, compiler_options=compiler_options(platform))
 
 
 def jit_train_step(model, tx, lr_schedule, config, state_sh, mesh):
@@ -192,7 +206,7 @@ def jit_train_step(model, tx, lr_schedule, config, state_sh, mesh):
         in_shardings=(state_sh, sharding.batch_sharding(mesh)),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=(0,),
-        compiler_options=compiler_options(mesh.devices.flat[0].platform),
+        compiler_options=compiler_options(platform_of(mesh)),
     )
 
 
@@ -207,10 +221,10 @@ def release_host_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _init_params(config, model):
+def _init_params(config, model, platform):
     """Fresh parameters, then an official checkpoint or an earlier run's export on top."""
     dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    params = jit_model_init(model)(jax.random.PRNGKey(config.seed), dummy)["params"]
+    params = jit_model_init(model, platform)(jax.random.PRNGKey(config.seed), dummy)["params"]
     params = jax.tree_util.tree_map(np.asarray, params)
     source = config.pretrained_path or (
         os.path.join(config.init_from, workdir.PARAMS) if config.init_from else None
