@@ -28,7 +28,7 @@ LAYERS = [
     ],
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
-    ["workdir", "configs.common", "datasets.common", "datasets.registry"],
+    ["workdir", "configs.common", "datasets.common", "datasets.registry", "tpu_slices"],
     ["datasets.synthetic_faces"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
     ["datasets.*", "configs"],
@@ -39,6 +39,8 @@ LAYERS = [
     # Steps, data and the pieces every evaluator shares.
     ["train_step", "eval_step", "input_pipeline"],
     ["config_checks", "attention", "figures", "reports", "preemption", "run_lock", "tracking"],
+    # The trainer's programs compiled for a TPU slice (vit_se.main --compile_for).
+    ["preflight"],
     ["seeds"],
     ["state_checkpoints"],
     # The trainer; a trained model back from disk.
