@@ -92,7 +92,8 @@ def measure_jax(repeats):
     config = _jax_setup(parse_args([]))
     model = train_setup.create_model(config)
     dummy = jnp.zeros((1, 224, 224, 3), jnp.float32)
-    params = train_step.jit_model_init(model)(jax.random.PRNGKey(0), dummy)["params"]
+    init = train_step.jit_model_init(model, jax.default_backend())
+    params = init(jax.random.PRNGKey(0), dummy)["params"]
     tx = train_setup.optimizer(config, train_setup.learning_rate(config, 1380, 30 * 1380))
     grads = jax.tree_util.tree_map(lambda p: 0.01 * p, params)
 

@@ -21,6 +21,8 @@ set -euo pipefail
 
 PROG=launch/gpu_ssh.sh
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=launch/common.sh
+. "$ROOT/launch/common.sh"
 
 usage() {
   cat <<EOF
@@ -46,31 +48,6 @@ Options (environment variable in brackets):
 
 --config.FIELD=VALUE flags, and anything after --, go to python -m vit_se.main unchanged.
 EOF
-}
-
-die() {
-  echo "$PROG: $*" >&2
-  exit 2
-}
-
-quote() {
-  if [[ -n $1 && $1 != *[!A-Za-z0-9_./:=,@%+-]* ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "$word")"
-  done
-  printf '%s' "$out"
-}
-
-note() {
-  if ((DRY_RUN)); then echo "# $*"; else echo "# $*" >&2; fi
 }
 
 HOSTS_CSV=${VIT_SE_HOSTS:-}

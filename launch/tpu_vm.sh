@@ -36,19 +36,23 @@ set -euo pipefail
 
 PROG=launch/tpu_vm.sh
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=launch/common.sh
+. "$ROOT/launch/common.sh"
 
 usage() {
   cat <<EOF
-Usage: $PROG SUBCOMMAND [options] [--config.FIELD=VALUE ...] [-- extra vit_se.main flags]
+Usage: $PROG SUBCOMMAND [options] [--config.FIELD=VALUE ...] [-- extra flags of the module]
 
 Subcommands:
-  create    create the TPU VM / pod slice (gcloud compute tpus tpu-vm create)
+  create    compile --config for --accelerator here first (the preflight, python -m vit_se.main
+            --compile_for; it stops create when the config does not fit), then create the TPU
+            VM / pod slice (gcloud compute tpus tpu-vm create)
   install   put vit_se on every worker and pip install -e '.[tpu]' there
             (git clone of --repo at --ref, or, without --repo, this checkout's files via scp)
-  run       run python -m vit_se.main on all workers at once; output streams here and is
-            appended to ~/vit_se_run.log on each worker
+  run       run the --module (default python -m vit_se.main) on all workers at once; output
+            streams here and is appended to ~/vit_se_run.log on each worker
   logs      print (or --follow) ~/vit_se_run.log of --worker (default 0; 'all' for every worker)
-  stop      stop vit_se.main on every worker at a checkpoint (SIGINT; the same run resumes it;
+  stop      stop the run on every worker at a checkpoint (SIGINT; the same run resumes it;
             after Ctrl-C on run, the workers keep going)
   status    describe the TPU (state, health, accelerator, runtime, endpoints)
   delete    delete the TPU (asks for confirmation unless --yes)
@@ -64,7 +68,13 @@ Options (environment variable in brackets):
                          v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
   --workers=N            override the worker count derived from --accelerator
   --spot | --preemptible create a Spot / preemptible TPU (runs resume after preemption)
-  --config=FILE[:ARG]    training config, relative to the repository [VIT_SE_CONFIG] (run)
+  --config=FILE[:ARG]    training config, relative to the repository [VIT_SE_CONFIG] (run;
+                         create compiles it for --accelerator before creating anything)
+  --module=MODULE        what run starts [VIT_SE_MODULE]: main (default: python -m vit_se.main),
+                         kfold (vit_se.kfold), ablation or cross_dataset (python -m
+                         vit_se.experiments ablation / cross_dataset); cross_dataset takes its
+                         own flags after -- and no --config or --workdir
+  --skip-preflight       create: create without compiling --config first
   --workdir=gs://...     run directory [VIT_SE_WORKDIR] (run; gs:// required on multi-host)
   --data_dir=gs://...    tfds data dir, exported as TFDS_DATA_DIR and passed as
                          --config.data_dir [VIT_SE_DATA_DIR] (run)
@@ -72,7 +82,8 @@ Options (environment variable in brackets):
   --ref=REF              branch, tag or commit of --repo [VIT_SE_REF] (default: main)
   --remote_dir=DIR       repository directory on the workers, relative to the home directory
                          [VIT_SE_REMOTE_DIR] (default: vit_se)
-  --python=PYTHON        interpreter on the workers [VIT_SE_PYTHON] (default: python3)
+  --python=PYTHON        interpreter on the workers [VIT_SE_PYTHON] (default: python3); the
+                         preflight runs here with VIT_SE_LOCAL_PYTHON (default: python3)
   --worker=W             logs: worker index or 'all' (default: 0)
   --lines=N              logs: lines to print (default: 100)
   --follow               logs: keep following the log
@@ -80,45 +91,9 @@ Options (environment variable in brackets):
   --dry-run              print the commands (one per line, prefixed '+ ') and run nothing
   -h, --help             this help
 
---config.FIELD=VALUE flags, and anything after --, go to python -m vit_se.main unchanged.
+--config.FIELD=VALUE flags, and anything after --, go to the module unchanged (and to the
+preflight of create).
 EOF
-}
-
-die() {
-  echo "$PROG: $*" >&2
-  exit 2
-}
-
-# Quotes one word for a POSIX shell only when it needs it, so printed commands stay readable and
-# can be pasted back as they are.
-quote() {
-  if [[ -n $1 && $1 != *[!A-Za-z0-9_./:=,@%+-]* ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="${out:+ }$(quote "$word")"
-  done
-  printf '%s' "$out"
-}
-
-# Prints a command as '+ cmd'; runs it unless --dry-run.
-step() {
-  if ((DRY_RUN)); then
-    echo "+ $(quote_all "$@")"
-  else
-    echo "+ $(quote_all "$@")" >&2
-    "$@"
-  fi
-}
-
-note() {
-  if ((DRY_RUN)); then echo "# $*"; else echo "# $*" >&2; fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -138,6 +113,9 @@ REPO=${VIT_SE_REPO:-}
 REF=${VIT_SE_REF:-main}
 REMOTE_DIR=${VIT_SE_REMOTE_DIR:-vit_se}
 PYTHON=${VIT_SE_PYTHON:-python3}
+LOCAL_PYTHON=${VIT_SE_LOCAL_PYTHON:-python3}
+MODULE=${VIT_SE_MODULE:-main}
+PREFLIGHT=1
 PROVISIONING=""
 LOG_WORKER=0
 LINES=100
@@ -156,7 +134,7 @@ while (($#)); do
   fi
   case $key in
     --name | --zone | --project | --accelerator | --version | --workers | --config | --workdir | \
-      --data_dir | --repo | --ref | --remote_dir | --python | --worker | --lines)
+      --data_dir | --repo | --ref | --remote_dir | --python | --worker | --lines | --module)
       if ((!has_val)); then
         (($#)) || die "$key needs a value"
         val=$1
@@ -170,6 +148,8 @@ while (($#)); do
       exit 0
       ;;
     --dry-run) DRY_RUN=1 ;;
+    --skip-preflight) PREFLIGHT=0 ;;
+    --module) MODULE=$val ;;
     --yes) YES=1 ;;
     --follow) FOLLOW=1 ;;
     --spot | --preemptible) PROVISIONING=$key ;;
@@ -212,6 +192,15 @@ esac
 [[ -n $ZONE ]] || die "--zone (or ZONE) is required, e.g. --zone=us-central2-b"
 [[ -n $NAME ]] || die "--name (or TPU_NAME) must not be empty"
 [[ -z $WORKERS || $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer"
+
+# The module run starts: python -m MODULE_ARGV.
+case ${MODULE#vit_se.} in
+  main) MODULE_ARGV=(-m vit_se.main) ;;
+  kfold) MODULE_ARGV=(-m vit_se.kfold) ;;
+  ablation | experiments.ablation) MODULE_ARGV=(-m vit_se.experiments ablation) ;;
+  cross_dataset | experiments.cross_dataset) MODULE_ARGV=(-m vit_se.experiments cross_dataset) ;;
+  *) die "unknown --module '$MODULE' (main, kfold, ablation, cross_dataset)" ;;
+esac
 
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 LOCATION=("--zone=$ZONE")
@@ -292,11 +281,42 @@ ssh_all() {
   step "${GCLOUD_TPU[@]}" ssh "$NAME" "${LOCATION[@]}" --worker=all --command "$1"
 }
 
+# Compiles --config for the accelerator on this machine (vit_se.main --compile_for: the TPU
+# compiler from the tpu extra, no TPU needed) and stops here if it does not fit.
+preflight() {
+  if ((!PREFLIGHT)); then
+    note "preflight skipped (--skip-preflight)"
+    return
+  fi
+  if [[ -z $CONFIG ]]; then
+    note "no --config: nothing to compile before create (give --config to check that it fits on $ACCELERATOR)"
+    return
+  fi
+  case ${ACCELERATOR%-*} in
+    v4 | v5p | v5litepod | v5e | v6e) ;;
+    *)
+      note "preflight skipped: it knows v4, v5p, v5litepod (v5e) and v6e slices, not $ACCELERATOR"
+      return
+      ;;
+  esac
+  local cmd=("$LOCAL_PYTHON" -m vit_se.main "--config=$CONFIG" "--compile_for=$ACCELERATOR")
+  [[ -z $DATA_DIR ]] || cmd+=("--config.data_dir=$DATA_DIR")
+  cmd+=("${EXTRA[@]}")
+  note "preflight: compile $CONFIG for $ACCELERATOR here before creating it (--skip-preflight to skip)"
+  local status=0
+  step "${cmd[@]}" || status=$?
+  ((status == 0)) || {
+    echo "$PROG: preflight failed (status $status): $CONFIG does not compile or fit on $ACCELERATOR; nothing was created (--skip-preflight creates it anyway)" >&2
+    exit "$status"
+  }
+}
+
 cmd_create() {
   [[ -n $ACCELERATOR ]] || die "create needs --accelerator (or ACCELERATOR_TYPE), e.g. v4-32"
   resolve_workers
   local version=${VERSION:-$DEFAULT_VERSION}
   [[ -n $version ]] || die "create needs --version for accelerator $ACCELERATOR"
+  preflight
   local cmd=("${GCLOUD_TPU[@]}" create "$NAME" "${LOCATION[@]}"
     "--accelerator-type=$ACCELERATOR" "--version=$version")
   [[ -z $PROVISIONING ]] || cmd+=("$PROVISIONING")
@@ -332,20 +352,27 @@ cmd_install() {
 }
 
 cmd_run() {
-  [[ -n $CONFIG ]] || die "run needs --config (or VIT_SE_CONFIG), e.g. --config=configs/raf_db.py"
-  [[ -n $WORKDIR ]] || die "run needs --workdir (or VIT_SE_WORKDIR), e.g. --workdir=gs://BUCKET/runs/raf_db"
+  local cross=0
+  [[ ${MODULE_ARGV[*]} != *cross_dataset ]] || cross=1
+  if ((!cross)); then
+    [[ -n $CONFIG || (${MODULE_ARGV[*]} == *kfold && " ${EXTRA[*]} " == *" --aggregate_only "*) ]] ||
+      die "run needs --config (or VIT_SE_CONFIG), e.g. --config=configs/raf_db.py"
+    [[ -n $WORKDIR ]] || die "run needs --workdir (or VIT_SE_WORKDIR), e.g. --workdir=gs://BUCKET/runs/raf_db"
+  fi
   resolve_workers
-  if ((WORKER_COUNT > 1)) && [[ $WORKDIR != gs://* ]]; then
+  if ((WORKER_COUNT > 1)) && [[ -n $WORKDIR && $WORKDIR != gs://* ]]; then
     die "--workdir=$WORKDIR is a local path, but $NAME has $WORKER_COUNT workers: use a gs:// path (every worker must write the same checkpoints)"
   fi
   if ((WORKER_COUNT > 1)) && [[ -n $DATA_DIR && $DATA_DIR != gs://* ]]; then
     note "warning: --data_dir=$DATA_DIR is local: every worker then needs its own prepared copy (or the manual files to build one)"
   fi
-  local main=("$PYTHON" -m vit_se.main "--config=$CONFIG" "--workdir=$WORKDIR")
+  local main=("$PYTHON" "${MODULE_ARGV[@]}")
+  [[ -z $CONFIG ]] || main+=("--config=$CONFIG")
+  [[ -z $WORKDIR ]] || main+=("--workdir=$WORKDIR")
   local env="PYTHONUNBUFFERED=1"
   if [[ -n $DATA_DIR ]]; then
     env+=" TFDS_DATA_DIR=$(quote "$DATA_DIR")"
-    main+=("--config.data_dir=$DATA_DIR")
+    if ((cross)); then main+=("--data_dir=$DATA_DIR"); else main+=("--config.data_dir=$DATA_DIR"); fi
   fi
   main+=("${EXTRA[@]}")
   note "run: $(quote_all "${main[@]}") on every worker; log: ~/vit_se_run.log on each"
@@ -363,7 +390,8 @@ cmd_logs() {
 }
 
 cmd_stop() {
-  ssh_all "pkill -INT -f \"vit_se[.]main\" && echo \"\$(hostname): interrupted vit_se.main\" || echo \"\$(hostname): no vit_se.main running\""
+  # Every module run starts (main, kfold, experiments) stops the same way.
+  ssh_all "pkill -INT -f \"vit_se[.](main|kfold|experiments)\" && echo \"\$(hostname): interrupted the run\" || echo \"\$(hostname): no vit_se run running\""
 }
 
 cmd_status() {

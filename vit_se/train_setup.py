@@ -19,8 +19,14 @@ from jax.sharding import Mesh
 from vit_se import models, optim, train_step, workdir
 
 
-def create_model(config, **overrides):
-    """The config's model (`config.model`, `config.num_classes`); `overrides` replace fields."""
+def create_model(config, platform=None, **overrides):
+    """The config's model (`config.model`, `config.num_classes`); `overrides` replace fields.
+
+    `impl='auto'` is resolved for `platform`, the platform the programs are compiled for (None:
+    this process's devices): the preflight compiles on a CPU for TPU devices.
+    """
+    impl = models.resolve_impl(config.model.impl, config.model.attention_impl, backend=platform)
+    overrides = {"impl": impl, **overrides}
     return models.build_model(config.model, config.num_classes, **overrides)
 
 
@@ -85,7 +91,7 @@ class Setup:
 def build(config, mesh, steps_per_epoch, total):
     """Model, schedule, optimizer, state shapes and shardings and the jitted step; computes
     nothing on the devices (the state's shapes come from `jax.eval_shape`)."""
-    model = create_model(config)
+    model = create_model(config, train_step.platform_of(mesh))
     lr = learning_rate(config, steps_per_epoch, total)
     tx = optimizer(config, lr)
     abstract, state_sh = train_step.abstract_state(

@@ -31,8 +31,16 @@ CPU_COMPILER_OPTIONS = {
 
 
 def compiler_options(platform):
-    """The options every jitted program of the trainer compiles with on `platform`."""
+    """The options every jitted program of the trainer compiles with for `platform`: the
+    platform compiled for (`platform_of(mesh)`), which need not be this machine's."""
     return CPU_COMPILER_OPTIONS if platform == "cpu" else None
+
+
+def platform_of(mesh):
+    """'cpu', 'gpu' or 'tpu': what a program laid out on `mesh` is compiled for. The preflight
+    compiles on a CPU for TPU devices, so nothing chosen by platform may ask JAX's default
+    backend."""
+    return mesh.devices.flat[0].platform
 
 
 @flax.struct.dataclass
@@ -165,7 +173,8 @@ def abstract_state(model, tx, mesh, image_size, param_sharding="replicate", **fs
 def init_state(model, tx, state_sh, image_size, seed=0, source=None):
     """A fresh state placed with `state_sh`; `source` (an official npz or a vit_se export)
     replaces the fresh parameters it holds (`checkpoint.load_pretrained`)."""
-    params = _init_params(model, image_size, seed, source)
+    platform = platform_of(state_sh.step.mesh)
+    params = _init_params(model, image_size, seed, source, platform)
     params = xla_owned(_put(params, state_sh.params), state_sh.params)
     opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
@@ -183,8 +192,8 @@ def xla_owned(tree, shardings):
     return jax.jit(lambda t: jax.tree_util.tree_map(jnp.copy, t), out_shardings=shardings)(tree)
 
 
-def jit_model_init(model):
-    """`model.init`, jitted; on a CPU with CPU_COMPILER_OPTIONS.
+def jit_model_init(model, platform):
+    """`model.init`, jitted for `platform`; for a CPU with CPU_COMPILER_OPTIONS.
 
     Initialisation is one independent random draw per parameter, and XLA:CPU's default schedule
     draws them all before it writes any out, planning scratch larger than the parameters
@@ -192,7 +201,7 @@ def jit_model_init(model):
     memory-optimised schedule writes each parameter as it is drawn (next to no scratch); the values
     are the same (benchmarks/README.md has the figures).
     """
-    return jax.jit(model.init, compiler_options=compiler_options(jax.default_backend()))
+    return jax.jit(model.init, compiler_options=compiler_options(platform))
 
 
 def jit_train_step(step_fn, state_sh, mesh):
@@ -202,7 +211,7 @@ def jit_train_step(step_fn, state_sh, mesh):
         in_shardings=(state_sh, sharding.batch_sharding(mesh)),
         out_shardings=(state_sh, sharding.replicated(mesh)),
         donate_argnums=(0,),
-        compiler_options=compiler_options(mesh.devices.flat[0].platform),
+        compiler_options=compiler_options(platform_of(mesh)),
     )
 
 
@@ -217,9 +226,10 @@ def release_host_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _init_params(model, image_size, seed, source):
+def _init_params(model, image_size, seed, source, platform):
     """Fresh parameters, then an official checkpoint or an earlier run's export on top."""
-    params = jit_model_init(model)(jax.random.PRNGKey(seed), _dummy_images(image_size))["params"]
+    init = jit_model_init(model, platform)
+    params = init(jax.random.PRNGKey(seed), _dummy_images(image_size))["params"]
     params = jax.tree_util.tree_map(np.asarray, params)
     if source:
         params = ckpt_lib.load_pretrained(source, params)
