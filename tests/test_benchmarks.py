@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import train_speed  # noqa: E402
+
+from vit_se import models  # noqa: E402
 
 
 def _round(times, peak, others=0.0):
@@ -63,19 +66,22 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         assert len(results[name]["rounds"]) == 2
         assert len(results[name]["step_times"]) == 4
         assert results[name]["images_per_s"] > 0
-    # XLA's plan for the step holds at least one layer's activations of the batch (tiny/4 at
-    # 16 px, batch 8: 8 x 17 tokens x 32 float32s).
-    assert results["jax_train"]["xla_temp_bytes"] > 8 * 17 * 32 * 4
-    # CPU-only assertion (tests are pinned to CPU): 'auto' resolved to the CPU path.
-    assert results["jax_train"]["impl"] == "cpu_lean"
+    # XLA's planned scratch is reported (its size is the compiler's: not asserted), and so is what
+    # 'auto' resolved to on this backend.
+    assert results["jax_train"]["xla_temp_bytes"] > 0
+    assert results["jax_train"]["impl"] == models.resolve_impl("auto")
 
 
-def test_model_option_choices_are_the_models():
-    from vit_se import models
-
-    assert models.IMPLS == train_speed.IMPLS
-    assert models.ATTENTION_IMPLS == train_speed.ATTENTION_IMPLS
-    assert tuple(models.REMAT_POLICIES) == train_speed.REMAT_POLICIES
+def test_every_model_option_can_be_benchmarked_and_no_other():
+    for flag, values in (
+        ("impl", models.IMPLS),
+        ("attention_impl", models.ATTENTION_IMPLS),
+        ("remat_policy", tuple(models.REMAT_POLICIES)),
+    ):
+        for value in values:
+            assert getattr(train_speed.parse_args([f"--{flag}={value}"]), flag) == value
+        with pytest.raises(SystemExit):
+            train_speed.parse_args([f"--{flag}=unknown"])
 
 
 def test_parse_batches():
@@ -136,3 +142,24 @@ def test_cpu_breakdown_times_every_piece():
     pieces = ("dense 768->768", "dense 768->3072", "dense 3072->768", "attention", "adamw")
     for piece in pieces + ("attention plain",):
         assert piece in rows, proc.stdout
+
+
+@pytest.mark.slow
+def test_xla_cpu_memory_prints_each_figure():
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "xla_cpu_memory.py"),
+        "--remat_layers=2",
+        "--remat_batch=4",
+        "--init_model=tiny/4",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for impl in ("plain", "cpu_lean"):
+        for scan in (True, False):
+            assert re.search(rf"^  {impl} +scan={scan} +\d+ / \d+ / \d+$", out, re.M), out
+    assert re.search(
+        r"^init: .* jit_model_init \d+ MiB, jax\.jit\(model\.init\) \d+ MiB$", out, re.M
+    )
+    assert re.search(r"^donation: the first train step updated \d+ of \d+ parameter", out, re.M)
