@@ -100,13 +100,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uni
     info_a, params_a = _export(uninterrupted)
     info_b, params_b = _export(workdir)
     assert params_a.keys() == params_b.keys()
+    # A resume replays the same steps on the same state: bit for bit (tests/test_failures.py).
     for k in params_a:
-        np.testing.assert_allclose(params_b[k], params_a[k], atol=1e-6, err_msg=k)
-    for split in ("val", "test"):
-        assert info_b["metrics"][split]["confusion"] == info_a["metrics"][split]["confusion"]
-        assert info_b["metrics"][split]["loss"] == pytest.approx(
-            info_a["metrics"][split]["loss"], rel=1e-5
-        )
+        np.testing.assert_array_equal(params_b[k], params_a[k], err_msg=k)
+    assert info_b["metrics"] == info_a["metrics"]
 
 
 def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, uninterrupted):

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+import tolerances
 from conftest import run_module
 
 from vit_se import train_step
@@ -61,16 +62,17 @@ def test_soft_target_loss_and_gradient_are_the_analytic_ones(eps):
     b, metrics = _step(label_smoothing=eps)
     targets = (1 - eps) * DIST + eps / C  # optax.smooth_labels on the distribution
     grad = 1 / C - targets.mean(0)
-    np.testing.assert_allclose(float(metrics["loss"]), np.log(C), rtol=1e-6)
-    np.testing.assert_allclose(b, -grad, atol=1e-7)
-    np.testing.assert_allclose(float(metrics["grad_norm"]), np.linalg.norm(grad), rtol=1e-6)
+    # float32: a log-sum-exp over C classes and a mean over the batch of 2; probabilities.
+    assert float(metrics["loss"]) == tolerances.approx(np.log(C), n=C + 2)
+    tolerances.assert_close(b, -grad, n=C + 2, scale=1.0)
+    assert float(metrics["grad_norm"]) == tolerances.approx(np.linalg.norm(grad), n=2 * C + 2)
     assert float(metrics["accuracy"]) == 0.5  # argmax of b=0 is class 0: one of two labels
 
 
 def test_without_a_distribution_the_label_is_the_target():
     b, _ = _step(soft=False)
     onehot = np.eye(C)[LABELS]
-    np.testing.assert_allclose(b, -(1 / C - onehot.mean(0)), atol=1e-7)
+    tolerances.assert_close(b, -(1 / C - onehot.mean(0)), n=C + 2, scale=1.0)
     assert not np.allclose(b, _step()[0])
 
 

@@ -180,11 +180,12 @@ def test_schedules_warm_up_then_decay(name, lr0, lr_later):
     config.step_decay_factor = 0.2
     sched = optim.schedule(config, steps_per_epoch=20, total_steps=110)
     assert float(sched(0)) == lr0
-    assert float(sched(10)) == pytest.approx(1.0)
+    # optax evaluates a schedule in float32: a few operations on values of scale 1.
+    assert float(sched(10)) == tolerances.approx(1.0, n=4)
     if lr_later is not None:
-        assert float(sched(35)) == pytest.approx(lr_later)  # 25 steps after warmup
+        assert float(sched(35)) == tolerances.approx(lr_later, n=4)  # 25 steps after warmup
     if name in ("cosine", "linear"):
-        assert float(sched(110)) == pytest.approx(0.0, abs=1e-6)
+        assert float(sched(110)) == tolerances.approx(0.0, n=4, scale=1.0)
 
 
 # ----- config errors: one line, before any compilation -----

@@ -5,7 +5,9 @@
 - EPS32 = 2**-23, float32's machine epsilon (twice the unit roundoff u: every float32 operation
   rounds with a relative error of at most u).
 - scale: the largest |value| compared (`assert_close` takes it from the reference), or a known
-  bound on it: 1 for probabilities and softmax rows.
+  bound on it: 1 for probabilities and softmax rows. Where the last sum cancels (its terms are
+  much larger than its result, e.g. weights all shifted by a constant), the bound is on the terms:
+  `terms_scale` gives max sum|x_i w_ij| of a dense layer.
 - n: how many float32 terms are summed into one value, along the longest chain of sums behind it.
   A single reduction of n terms has n; a network has the lengths of its successive reductions
   added (`vit_sums` for ViT-SE, `vit_grad_sums` for its gradients), because the rounding errors
@@ -68,6 +70,12 @@ def scale_of(*arrays):
         [float(np.finfo(np.float32).tiny)]
         + [float(np.max(np.abs(np.asarray(a, np.float64)))) for a in arrays if np.size(a)]
     )
+
+
+def terms_scale(inputs, kernel):
+    """max over rows and outputs of sum_i |x_i w_ij|: the size of a dense layer's terms."""
+    x = np.abs(np.asarray(inputs, np.float64)).reshape(-1, np.shape(kernel)[0])
+    return float(np.max(x @ np.abs(np.asarray(kernel, np.float64))))
 
 
 def assert_close(actual, desired, n=None, scale=None, c=C, eps=EPS32, tol=None, err_msg=""):
