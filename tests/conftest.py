@@ -51,6 +51,37 @@ def run_module(module, *args, timeout=600, env=None):
     )
 
 
+# The libraries whose import a mistake in a value must not wait for.
+HEAVY_MODULES = ("jax", "jaxlib", "tensorflow")
+
+_WATCHED = """
+import atexit, json, runpy, sys
+report, module = sys.argv.pop(1), sys.argv.pop(1)
+
+def _report():
+    with open(report, "w") as f:
+        json.dump(sorted({m.split(".")[0] for m in sys.modules}), f)
+
+atexit.register(_report)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_module_watched(module, *args, report, timeout=600, env=None):
+    """run_module, also returning the top-level packages the process had imported when it exited
+    (a wrapper writes sys.modules to `report` at exit): what a command needed before it failed."""
+    r = subprocess.run(
+        [sys.executable, "-c", _WATCHED, str(report), module, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    with open(report) as f:  # missing: the process did not reach its exit handlers
+        return r, set(json.load(f))
+
+
 def _train_demo(root):
     workdir = os.path.join(root, "work")
     r = run_module(
