@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tolerances
+from conftest import TIMEOUT
 from PIL import Image
 
 from vit_se import analyze, attention, checkpoint, figures, inference, model_configs, models
@@ -363,7 +364,7 @@ def test_command_line_on_a_trained_workdir(tmp_path, workdir):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TIMEOUT,
         env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -388,7 +389,7 @@ def test_command_line_on_a_trained_workdir(tmp_path, workdir):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=TIMEOUT,
         env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert r.returncode == 1

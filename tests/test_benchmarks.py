@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import train_speed  # noqa: E402
+from conftest import TIMEOUT  # noqa: E402
 
 from vit_se import models  # noqa: E402
 
@@ -59,7 +60,7 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         "--rounds=2",
         f"--json_out={out}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train images/s" in proc.stdout
     results = json.loads(out.read_text())["results"]
@@ -111,7 +112,7 @@ def test_train_speed_model_options_and_batches(tmp_path):
         "--batches=2,4",
         f"--json_out={out}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "impl plain (plain), attention_impl xla, scan True, remat_policy full" in proc.stdout
     runs = json.loads(out.read_text())["runs"]
@@ -130,7 +131,7 @@ def test_train_speed_model_options_and_batches(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=TIMEOUT,
     )
     assert replay.returncode == 0, replay.stderr[-2000:]
     assert replay.stdout.count("train images/s ") == 2
@@ -138,7 +139,7 @@ def test_train_speed_model_options_and_batches(tmp_path):
 
 def test_cpu_breakdown_times_every_piece():
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_breakdown.py"), "--repeats=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split(",")[0] for line in proc.stdout.splitlines() if "," in line]
     pieces = ("dense 768->768", "dense 768->3072", "dense 3072->768", "attention", "adamw")
@@ -155,7 +156,7 @@ def test_xla_cpu_memory_prints_each_figure():
         "--remat_batch=4",
         "--init_model=tiny/4",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     for impl in ("plain", "cpu_lean"):

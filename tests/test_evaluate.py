@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 import tolerances
-from conftest import DEMO_NUM_TEST, DEMO_NUM_TRAIN, once, run_module
+from conftest import DEMO_NUM_TEST, DEMO_NUM_TRAIN, TIMEOUT, once, run_module
 from PIL import Image
 
 from vit_se import checkpoint, evaluate, inference, model_configs, models
@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_TEST = DEMO_NUM_TRAIN, DEMO_NUM_TEST
 
 
-def _run(args, timeout=600):
+def _run(args, timeout=TIMEOUT):
     return run_module(
         *args, timeout=timeout, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     )
@@ -83,7 +83,7 @@ def _event_tags(folder):
 
 
 def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
-    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--params=params.npz"], timeout=300)
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--params=params.npz"])
     assert r.returncode == 0, r.stderr[-3000:]
     out = os.path.join(workdir, "eval", "raf_db-aligned-test")
     with open(os.path.join(out, evaluate.METRICS_FILE)) as f:
@@ -204,7 +204,7 @@ def test_seven_class_model_on_contempt_data_is_refused():
 
 
 def test_unknown_split_and_dataset_fail_in_one_line(workdir):
-    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"], timeout=300)
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"])
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("vit_se.evaluate: --split: 'nope'")
     with pytest.raises(evaluate.EvaluationError, match="unknown dataset 'emotic'"):

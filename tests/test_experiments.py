@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import once
+from conftest import TIMEOUT, once
 
 from vit_se import evaluate
 from vit_se.datasets.ck_plus.fake_data import write_fake_ck_plus
@@ -53,7 +53,7 @@ def _experiments(*args):
         env=_env(),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=TIMEOUT,
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tolerances
+from conftest import TIMEOUT
 
 from vit_se import export, inference
 from vit_se.datasets.labels import CLASS_NAMES
@@ -28,7 +29,7 @@ def _env():
     return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _run(*args, timeout=300, cwd=ROOT, env=None):
+def _run(*args, timeout=TIMEOUT, cwd=ROOT, env=None):
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import tolerances
-from conftest import once
+from conftest import TIMEOUT, once
 
 from vit_se import folds, kfold
 from vit_se import workdir as workdir_lib
@@ -50,7 +50,9 @@ def _kfold(workdir, data_root, *args):
             "--config.augment.cutout=8",
         ]
     cmd += args  # after --config: its overrides need it first
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def _cross_validate(root):

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SHORT, demo_cmd, demo_env, read_export
+from conftest import SHORT, SIGNALLED, TIMEOUT, demo_cmd, demo_env, read_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ACCURACY = 0.85  # configs/demo.py docstring
@@ -27,7 +27,7 @@ def _env(devices=1):
     return demo_env(devices)
 
 
-def _run(cmd, timeout=900, **kw):
+def _run(cmd, timeout=TIMEOUT, **kw):
     return subprocess.run(
         cmd, cwd=ROOT, env=kw.pop("env", _env()), capture_output=True, text=True, timeout=timeout
     )
@@ -84,14 +84,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uni
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 600
+    deadline = time.time() + TIMEOUT
     while time.time() < deadline and proc.poll() is None:
         done = [s for s in os.listdir(ckpts) if s.isdigit()] if os.path.isdir(ckpts) else []
         if done:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
-    proc.wait(timeout=60)
+    proc.wait(timeout=SIGNALLED)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not os.path.exists(os.path.join(workdir, "export.json"))
     r = _run(_cmd(workdir, data_root, *SHORT))
@@ -129,7 +129,7 @@ def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, un
         )
         for i in range(2)
     ]
-    outs = [p.communicate(timeout=900) for p in procs]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
     assert "JAX process 1/2, 1 local / 2 global devices" in outs[1][1]
     info, _ = _export(workdir)
@@ -142,14 +142,14 @@ def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, un
 
 
 def test_unknown_config_field_fails_in_one_line(tmp_path):
-    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.no_such_field=1"), timeout=120)
+    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.no_such_field=1"))
     assert r.returncode != 0
     assert "no_such_field" in r.stderr
     assert not os.path.exists(tmp_path / "w")
 
 
 def test_unknown_dataset_fails_before_compiling(tmp_path):
-    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.dataset=emotic"), timeout=120)
+    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.dataset=emotic"))
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("vit_se.main: config.dataset: unknown dataset 'emotic'")

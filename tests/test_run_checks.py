@@ -13,6 +13,7 @@ from conftest import (
     HEAVY_MODULES,
     ROOT,
     SHORT,
+    TIMEOUT,
     demo_cmd,
     demo_env,
     read_export,
@@ -24,7 +25,7 @@ from vit_se import config_checks, workdir
 from vit_se.configs import demo, raf_db, sfew
 
 
-def _main(*args, report, timeout=600):
+def _main(*args, report, timeout=TIMEOUT):
     """`python -m vit_se.main args`, and the packages it had imported when it exited."""
     return run_module_watched("vit_se.main", *args, report=report, timeout=timeout, env=demo_env())
 
@@ -147,7 +148,9 @@ def finished(short_run, tmp_path):
 
 def test_resuming_with_another_config_is_refused_naming_each_field(short_run, finished):
     cmd = demo_cmd(finished, short_run["data_root"], *SHORT, "--config.model.use_se=False")
-    r = subprocess.run(cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last == (
@@ -155,7 +158,9 @@ def test_resuming_with_another_config_is_refused_naming_each_field(short_run, fi
         "-> False); resume it with its own config, or use a new --workdir"
     )
     cmd = demo_cmd(finished, short_run["data_root"], *SHORT, "--config.dataset_config=original")
-    r = subprocess.run(cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert "dataset_config: 'aligned' -> 'original'" in r.stderr.strip().splitlines()[-1]
     with open(os.path.join(finished, "config.json")) as f:
         assert json.load(f)["config"]["model"]["use_se"] is True  # not rewritten
@@ -164,7 +169,9 @@ def test_resuming_with_another_config_is_refused_naming_each_field(short_run, fi
 def test_a_shorter_run_than_the_checkpoint_is_refused(short_run, finished):
     steps = [a for a in SHORT if "num_train_steps" not in a]
     cmd = demo_cmd(finished, short_run["data_root"], *steps, "--config.num_train_steps=100")
-    r = subprocess.run(cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1] == (
         f"vit_se.main: config.num_train_steps: this config trains 100 steps, but {finished} "
@@ -182,7 +189,9 @@ def test_paths_logging_and_a_longer_run_resume(short_run, finished):
         "--config.num_train_steps=140",
         "--config.log_every=10",
     )
-    r = subprocess.run(cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"Resumed from {finished} at step 120" in r.stderr
     info, _ = read_export(finished)
@@ -210,7 +219,9 @@ def test_differences_ignore_exactly_the_resumable_fields():
 def test_progress_lines_and_the_end_of_run_summary(short_run, tmp_path):
     run_dir = str(tmp_path / "told")
     cmd = demo_cmd(run_dir, short_run["data_root"], *SHORT)
-    r = subprocess.run(cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     # Not a terminal: one plain line per log interval (log_every=20 over 120 steps), fields named.
     progress = re.findall(r"^step (\d+)/120, loss [0-9.]+, accuracy [0-9.]+(.*)$", r.stderr, re.M)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tolerances
 import train_worker
+from conftest import TIMEOUT
 from jax.sharding import PartitionSpec as P
 from parity import assert_same_grads, assert_same_logits, perturbed
 
@@ -232,7 +233,7 @@ def test_fsdp_trains_a_scanned_model_on_eight_devices_as_an_unrolled_one(tmp_pat
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=TIMEOUT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

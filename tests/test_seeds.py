@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import tolerances
-from conftest import ROOT, demo_cmd, demo_env
+from conftest import ROOT, TIMEOUT, demo_cmd, demo_env
 
 from vit_se import seeds
 from vit_se.experiments import ablation
@@ -26,7 +26,9 @@ STEPS = [
 def test_three_seeds_give_three_runs_and_one_aggregated_row(short_run, tmp_path):
     run_dir = str(tmp_path / "seeds")
     cmd = demo_cmd(run_dir, short_run["data_root"], *STEPS, "--seeds=0,1,2")
-    r = subprocess.run(cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(os.path.join(run_dir, "seeds.json")) as f:
         result = json.load(f)

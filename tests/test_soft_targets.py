@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 import tolerances
-from conftest import run_module
+from conftest import TIMEOUT, run_module
 
 from vit_se import train_step
 from vit_se.datasets.fer2013.fake_data import write_fake_fer2013
@@ -103,7 +103,7 @@ def test_probability_mode_trains_the_demo_model_above_chance(tmp_path):
         "--config.eval_every=600",
         "--config.checkpoint_every=600",
         "--config.log_every=200",
-        timeout=900,
+        timeout=TIMEOUT,
         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]

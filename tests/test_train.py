@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tolerances
 import train_worker
+from conftest import TIMEOUT
 
 from vit_se import checkpoint, config_checks, optim, sharding, train_step, workdir
 
@@ -39,7 +40,7 @@ def _worker(tmp_path, name, *args, env=None, devices=1):
     env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     subprocess.run(
-        [sys.executable, WORKER, str(out), *args], check=True, env=env, cwd=ROOT, timeout=300
+        [sys.executable, WORKER, str(out), *args], check=True, env=env, cwd=ROOT, timeout=TIMEOUT
     )
     with np.load(out) as z:
         return {k: z[k] for k in z.files}
@@ -133,7 +134,7 @@ def test_two_processes_match_one_process(tmp_path, one_device):
         )
         for i in range(2)
     ]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    assert [p.wait(timeout=TIMEOUT) for p in procs] == [0, 0]
     with np.load(out) as z:
         two = {k: z[k] for k in z.files}
     assert (int(two["devices"]), int(two["processes"])) == (2, 2)
