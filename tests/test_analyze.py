@@ -346,6 +346,7 @@ def workdir(demo_run):
     return demo_run["workdir"]
 
 
+@pytest.mark.slow
 def test_command_line_on_a_trained_workdir(tmp_path, workdir):
     folder = _face_folder(str(tmp_path / "faces"))
     single = os.path.join(folder, "face 0.png")

@@ -48,6 +48,7 @@ def test_round_ratios_compare_each_round_with_its_own_peer():
     assert train_speed.round_ratios(train_speed.merge_rounds([_round([1.0], 1)]), {}, 8) is None
 
 
+@pytest.mark.slow
 def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
     out = tmp_path / "speed.json"
     cmd = [
@@ -96,6 +97,7 @@ def test_parse_batches():
         train_speed.parse_batches("0")
 
 
+@pytest.mark.slow
 def test_train_speed_model_options_and_batches(tmp_path):
     # The plain implementation, scanned and rematerialised, at two batch sizes in one command.
     out = tmp_path / "speed.json"
@@ -137,6 +139,7 @@ def test_train_speed_model_options_and_batches(tmp_path):
     assert replay.stdout.count("train images/s ") == 2
 
 
+@pytest.mark.slow
 def test_cpu_breakdown_times_every_piece():
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_breakdown.py"), "--repeats=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)

@@ -82,6 +82,7 @@ def _event_tags(folder):
     return tags
 
 
+@pytest.mark.slow
 def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
     r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--params=params.npz"])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -203,6 +204,7 @@ def test_seven_class_model_on_contempt_data_is_refused():
     assert evaluate.check_labels(CLASS_NAMES, CLASS_NAMES, "jaffe") == []
 
 
+@pytest.mark.slow
 def test_unknown_split_and_dataset_fail_in_one_line(workdir):
     r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"])
     assert r.returncode == 1

@@ -103,6 +103,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_ablation_table_same_seed_and_budget(ablation_dir):
     workdir, stdout = ablation_dir
     md = _read(os.path.join(workdir, "ablation.md"))
@@ -128,6 +129,7 @@ def test_ablation_table_same_seed_and_budget(ablation_dir):
     assert "| ViT+SE | none | raf_db/aligned | test | 28 |" in md
 
 
+@pytest.mark.slow
 def test_ablation_with_intermediate_training(ablation_dir, data_root, tmp_path):
     """One variant with FER-2013 first; the variant without it resumes from the CLI's run."""
     workdir = str(tmp_path / "raf")
@@ -173,6 +175,7 @@ def test_ablation_with_intermediate_training(ablation_dir, data_root, tmp_path):
     assert "| ViT+SE | FER-2013 | raf_db/aligned | test |" in md
 
 
+@pytest.mark.slow
 def test_kfold_ablation_reports_mean_and_std(data_root, tmp_path):
     write_fake_ck_plus(os.path.join(data_root, "ck_manual"))
     config = _config(
@@ -195,6 +198,7 @@ def test_kfold_ablation_reports_mean_and_std(data_root, tmp_path):
     assert f"| {100 * row['accuracy']:.2f} ± 0.00 |" in md
 
 
+@pytest.mark.slow
 def test_cross_database_matrix(ablation_dir, data_root, tmp_path):
     workdir, _ = ablation_dir
     jaffe = os.path.join(data_root, "jaffe_manual")

@@ -143,6 +143,7 @@ def test_tflite_matches_jax(trained, exported):
     assert report["tflite"]["batch"] == 1
 
 
+@pytest.mark.slow
 def test_saved_model_runs_with_tensorflow_alone(exported, tmp_path):
     """A consumer needs TensorFlow only: no vit_se on the path, run from elsewhere."""
     out, _ = exported
@@ -166,6 +167,7 @@ def test_failed_check_leaves_nothing(trained, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_prints_parity_and_never_clobbers(workdir, tmp_path):
     out = tmp_path / "sm"
     r = _run(

@@ -73,6 +73,7 @@ def _wait_for_step(proc, step, timeout=TIMEOUT):
     raise AssertionError(f"the run ended before step {step}:\n" + "".join(seen[-30:]))
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_and_the_rerun_matches(short_run, tmp_path):
     run_dir = str(tmp_path / "preempted")
     cmd = demo_cmd(run_dir, short_run["data_root"], *SHORT)
@@ -101,6 +102,7 @@ def test_sigterm_checkpoints_the_step_and_the_rerun_matches(short_run, tmp_path)
     _assert_same_as(short_run["workdir"], run_dir)
 
 
+@pytest.mark.slow
 def test_five_kills_and_restarts_end_where_an_uninterrupted_run_does(short_run, tmp_path):
     run_dir = str(tmp_path / "soak")
     cmd = [*demo_cmd(run_dir, short_run["data_root"], *SHORT), "--config.log_every=1"]
@@ -125,6 +127,7 @@ def test_five_kills_and_restarts_end_where_an_uninterrupted_run_does(short_run, 
     assert any(code == PREEMPTED for _, _, code, _ in kills), kills
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_at_once_and_saves_nothing_after_it(short_run, tmp_path):
     run_dir = str(tmp_path / "nan")
     cmd = demo_cmd(
@@ -153,6 +156,7 @@ def test_nonfinite_loss_stops_at_once_and_saves_nothing_after_it(short_run, tmp_
     assert not os.path.exists(os.path.join(run_dir, workdir.EXPORT_INFO))
 
 
+@pytest.mark.slow
 def test_skip_mode_stops_after_the_allowed_skips_in_a_row(short_run, tmp_path):
     run_dir = str(tmp_path / "skip")
     cmd = demo_cmd(
@@ -216,6 +220,7 @@ def _damage_newest(run_dir, how):
     return newest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "delete"])
 def test_broken_newest_checkpoint_is_moved_aside_and_the_one_before_used(short_run, tmp_path, how):
     run_dir = str(tmp_path / how)
@@ -237,6 +242,7 @@ def test_broken_newest_checkpoint_is_moved_aside_and_the_one_before_used(short_r
     _assert_same_as(short_run["workdir"], run_dir)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_workdir_refuses_and_a_dead_ones_lock_is_taken_over(
     short_run, tmp_path
 ):
@@ -264,6 +270,7 @@ def test_a_second_run_on_the_workdir_refuses_and_a_dead_ones_lock_is_taken_over(
     _assert_same_as(short_run["workdir"], run_dir)
 
 
+@pytest.mark.slow
 def test_two_processes_stop_at_the_same_step_when_one_is_preempted(short_run, tmp_path):
     import socket
 

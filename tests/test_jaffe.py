@@ -227,6 +227,7 @@ simple_parsing.parse(build.Args, args=sys.argv[1:]).execute()
 """
 
 
+@pytest.mark.slow
 def test_tfds_build_cli(fake, tmp_path):
     args = [
         os.path.join(REPO, "vit_se", "datasets", "jaffe"),

@@ -87,6 +87,7 @@ def _builder(data_root):
     return registry.load_builder("ck_plus", data_dir=f"{data_root}/tfds", config="7class")
 
 
+@pytest.mark.slow
 def test_aggregate_table_of_the_finished_folds(cv, data_root):
     workdir, stdout = cv
     with open(os.path.join(workdir, "kfold.json")) as f:
@@ -133,6 +134,7 @@ def test_aggregate_table_of_the_finished_folds(cv, data_root):
     assert os.path.getsize(os.path.join(workdir, "kfold_confusion.png")) > 1000
 
 
+@pytest.mark.slow
 def test_no_subject_in_train_and_test(cv, data_root):
     workdir, _ = cv
     with open(os.path.join(workdir, "kfold.json")) as f:
@@ -155,11 +157,13 @@ def test_no_subject_in_train_and_test(cv, data_root):
             assert not subjects[i] & subjects[j], (i, j)
 
 
+@pytest.mark.slow
 def test_a_shared_subject_is_caught(data_root, cv):
     with pytest.raises(folds.KFoldError, match="in both"):
         folds.check_subjects(_builder(data_root), "fold0+fold1", "fold1")
 
 
+@pytest.mark.slow
 def test_folds_of_different_configs_are_not_aggregated(cv, tmp_path):
     workdir, _ = cv
     mixed = str(tmp_path / "mixed")
@@ -183,6 +187,7 @@ def test_a_config_without_folds_is_refused(tmp_path):
         folds.aggregate(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_finished_fold_is_kept_and_a_new_config_refused(cv, data_root):
     workdir, _ = cv
     fold0 = os.path.join(workdir, "fold0")

@@ -826,6 +826,7 @@ def _all_ended(pids):
     return True
 
 
+@pytest.mark.slow
 def test_ssh_one_failure_stops_all(local_ssh, tmp_path):
     env, args, pidfiles = local_ssh
     fail = tmp_path / "fail_now"
@@ -841,6 +842,7 @@ def test_ssh_one_failure_stops_all(local_ssh, tmp_path):
     assert _all_ended(pids)  # it would never have ended by itself
 
 
+@pytest.mark.slow
 def test_ssh_ctrl_c_stops_all(local_ssh):
     env, args, pidfiles = local_ssh
     proc = _start_ssh(args, env)

@@ -63,6 +63,7 @@ def test_demo_reaches_its_stated_accuracy(tmp_path):
     assert {"checkpoints", "config.json", "export.json", "params.npz"} <= set(names)
 
 
+@pytest.mark.slow
 def test_short_run_exports_and_counts_every_example(uninterrupted):
     info, params = _export(uninterrupted)
     assert info["step"] == 120
@@ -74,6 +75,7 @@ def test_short_run_exports_and_counts_every_example(uninterrupted):
     assert sorted(int(s) for s in os.listdir(os.path.join(uninterrupted, "checkpoints")))[-1] == 120
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uninterrupted):
     workdir = str(tmp_path / "killed")
     ckpts = os.path.join(workdir, "checkpoints")
@@ -106,6 +108,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uni
     assert info_b["metrics"] == info_a["metrics"]
 
 
+@pytest.mark.slow
 def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, uninterrupted):
     with socket.socket() as s:
         s.bind(("localhost", 0))

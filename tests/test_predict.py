@@ -151,6 +151,7 @@ def test_unreadable_inputs_are_listed_or_skipped(trained, inputs, tmp_path):
     assert [r["file"] for r in rows] == paths[:1] and len(bad) == 2
 
 
+@pytest.mark.slow
 def test_cli_writes_table_and_csv(workdir, inputs, tmp_path):
     out = tmp_path / "out" / "preds.csv"
     r = run_module(
@@ -181,6 +182,7 @@ def test_cli_writes_table_and_csv(workdir, inputs, tmp_path):
     assert f"wrote 9 prediction(s) to {out}" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_file_fails_naming_it_and_writes_nothing(workdir, inputs, tmp_path):
     out = tmp_path / "preds.json"
     good = inputs["image_files"][0]
@@ -194,6 +196,7 @@ def test_cli_bad_file_fails_naming_it_and_writes_nothing(workdir, inputs, tmp_pa
     assert not out.exists() and os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_official_npz_with_labels_file_and_skip_bad(workdir, trained, inputs, tmp_path):
     """--npz/--variant/--labels_file on the run's params.npz (vit_jax layout) + --skip_bad."""
     labels = tmp_path / "labels.txt"
@@ -233,6 +236,7 @@ def test_cli_official_npz_with_labels_file_and_skip_bad(workdir, trained, inputs
         )
 
 
+@pytest.mark.slow
 def test_cli_official_npz_with_labels_list(workdir, inputs, tmp_path):
     out = tmp_path / "p.csv"
     r = run_module(
@@ -252,6 +256,7 @@ def test_cli_official_npz_with_labels_list(workdir, inputs, tmp_path):
     assert [row[1] for row in table[1:]] == [str(i) for i in range(VIDEO_FRAMES)]
 
 
+@pytest.mark.slow
 def test_flag_errors(workdir):
     r = run_module("vit_se.predict", f"--workdir={workdir}", "--out=x.txt", "a.png")
     assert r.returncode == 1
@@ -338,6 +343,7 @@ def test_smoothing_is_per_track_and_in_frame_order(trained, two_faces):
         tolerances.assert_close(s, want, n=len(r), scale=1.0)
 
 
+@pytest.mark.slow
 def test_cli_faces_annotates_images_and_videos(workdir, two_faces, tmp_path):
     out, annotated = tmp_path / "faces.json", tmp_path / "annotated"
     r = run_module(
@@ -371,6 +377,7 @@ def test_cli_faces_annotates_images_and_videos(workdir, two_faces, tmp_path):
     assert "wrote 2 annotated file(s)" in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_per_face_flags_need_faces(workdir):
     r = run_module("vit_se.predict", f"--workdir={workdir}", "--smooth=ema:0.5", "a.png")
     assert r.returncode == 1

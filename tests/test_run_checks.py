@@ -146,6 +146,7 @@ def finished(short_run, tmp_path):
     return run_dir
 
 
+@pytest.mark.slow
 def test_resuming_with_another_config_is_refused_naming_each_field(short_run, finished):
     cmd = demo_cmd(finished, short_run["data_root"], *SHORT, "--config.model.use_se=False")
     r = subprocess.run(
@@ -166,6 +167,7 @@ def test_resuming_with_another_config_is_refused_naming_each_field(short_run, fi
         assert json.load(f)["config"]["model"]["use_se"] is True  # not rewritten
 
 
+@pytest.mark.slow
 def test_a_shorter_run_than_the_checkpoint_is_refused(short_run, finished):
     steps = [a for a in SHORT if "num_train_steps" not in a]
     cmd = demo_cmd(finished, short_run["data_root"], *steps, "--config.num_train_steps=100")
@@ -180,6 +182,7 @@ def test_a_shorter_run_than_the_checkpoint_is_refused(short_run, finished):
     assert read_export(finished)[0]["step"] == 120
 
 
+@pytest.mark.slow
 def test_paths_logging_and_a_longer_run_resume(short_run, finished):
     steps = [a for a in SHORT if "num_train_steps" not in a and "log_every" not in a]
     cmd = demo_cmd(
@@ -216,6 +219,7 @@ def test_differences_ignore_exactly_the_resumable_fields():
 # What a run says while and after it runs.
 
 
+@pytest.mark.slow
 def test_progress_lines_and_the_end_of_run_summary(short_run, tmp_path):
     run_dir = str(tmp_path / "told")
     cmd = demo_cmd(run_dir, short_run["data_root"], *SHORT)

@@ -224,6 +224,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_fsdp_trains_a_scanned_model_on_eight_devices_as_an_unrolled_one(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

@@ -23,6 +23,7 @@ STEPS = [
 ]
 
 
+@pytest.mark.slow
 def test_three_seeds_give_three_runs_and_one_aggregated_row(short_run, tmp_path):
     run_dir = str(tmp_path / "seeds")
     cmd = demo_cmd(run_dir, short_run["data_root"], *STEPS, "--seeds=0,1,2")

@@ -76,6 +76,7 @@ def test_without_a_distribution_the_label_is_the_target():
     assert not np.allclose(b, _step()[0])
 
 
+@pytest.mark.slow
 def test_probability_mode_trains_the_demo_model_above_chance(tmp_path):
     manual = tmp_path / "fer_manual"
     write_fake_fer2013(str(manual), num_train=350, num_public=70, num_private=70, ferplus=True)

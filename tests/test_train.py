@@ -89,19 +89,25 @@ def test_model_init_compiled_for_memory_draws_the_same_parameters():
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
 
 
-def test_accum_steps_equals_one_big_batch(one_device):
-    losses, params, _ = train_worker.run(train_worker.tiny_config(accum=4), steps=5)
-    accumulated = {"losses": losses}
-    accumulated.update({f"params/{k}": v for k, v in checkpoint.flatten(params).items()})
-    _assert_same_run(one_device, accumulated)
+def _in_process(config, steps=5):
+    losses, params, _ = train_worker.run(config, steps)
+    return {"losses": losses, **{f"params/{k}": v for k, v in checkpoint.flatten(params).items()}}
 
 
+def test_accum_steps_equals_one_big_batch():
+    # One device: both runs in this process (the worker's subprocess is for device counts).
+    whole = _in_process(train_worker.tiny_config())
+    _assert_same_run(whole, _in_process(train_worker.tiny_config(accum=4)))
+
+
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path, one_device):
     eight = _worker(tmp_path, "eight", devices=8)
     assert int(eight["devices"]) == 8
     _assert_same_run(one_device, eight)
 
 
+@pytest.mark.slow
 def test_fsdp_matches_and_really_shards(tmp_path, one_device):
     fsdp = _worker(tmp_path, "fsdp", "--fsdp", devices=8)
     assert len(fsdp["sharded"]) > 0
@@ -114,6 +120,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, one_device):
     out = tmp_path / "two.npz"
     port = str(_free_port())
