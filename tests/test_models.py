@@ -5,6 +5,7 @@ say so.
 """
 
 import dataclasses
+import itertools
 import logging
 
 import flax
@@ -194,9 +195,18 @@ ATTENTION_IMPLS_HERE = [
 ]
 
 
-@pytest.mark.parametrize("classifier", ["token", "gap"])
-@pytest.mark.parametrize("use_se", [True, False])
-@pytest.mark.parametrize("representation_size", [None, 24])
+# Every combination in the full suite; in the fast tier two opposite corners: token classifier
+# with SE and no pre-logits, and the global-average-pooled classifier with pre-logits and no SE.
+_FAST_CASES = {("token", True, None), ("gap", False, 24)}
+
+
+@pytest.mark.parametrize(
+    "classifier,use_se,representation_size",
+    [
+        pytest.param(*case, marks=() if case in _FAST_CASES else pytest.mark.slow)
+        for case in itertools.product(["token", "gap"], [True, False], [None, 24])
+    ],
+)
 @pytest.mark.parametrize("attention_impl", ATTENTION_IMPLS_HERE)
 def test_plain_and_cpu_lean_agree_on_logits_and_every_gradient(
     classifier, use_se, representation_size, attention_impl

@@ -50,12 +50,23 @@ def _loss_and_grads(model, params, x, train=True):
     return logits, grads
 
 
+def _cases(names, cases, fast):
+    """Every case for the full suite; the ones in `fast` also in the fast tier."""
+    return pytest.mark.parametrize(
+        names, [pytest.param(*c, marks=() if c in fast else pytest.mark.slow) for c in cases]
+    )
+
+
 def _unrolled_params(model, x):
     return perturbed(model.init(jax.random.PRNGKey(0), x)["params"])
 
 
-@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
-@pytest.mark.parametrize("classifier", ["token", "gap"])
+# The fast tier: the CPU path with both classifiers (the plain path is there through remat).
+@_cases(
+    "classifier,impl",
+    [(c, i) for c in ("token", "gap") for i in ("plain", "cpu_lean")],
+    fast={("token", "cpu_lean"), ("gap", "cpu_lean")},
+)
 def test_scanned_and_unrolled_models_agree(impl, classifier):
     unrolled = _model(impl=impl, classifier=classifier)
     scanned = unrolled.clone(scan=True)
@@ -117,7 +128,9 @@ def test_scanned_stochastic_depth_is_random_in_training_only():
     assert np.all(np.isfinite(a)) and not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("impl,scan", [("plain", False), ("plain", True), ("cpu_lean", True)])
+@_cases(
+    "impl,scan", [("plain", False), ("plain", True), ("cpu_lean", True)], fast={("plain", True)}
+)
 def test_every_remat_policy_gives_the_gradients_of_none(impl, scan):
     none = _model(impl=impl, scan=scan)
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 16, 3))
@@ -153,8 +166,11 @@ def _saved_bytes(model, params, x):
     return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(backward))
 
 
-@pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
-@pytest.mark.parametrize("scan", [True, False])
+@_cases(
+    "scan,impl",
+    [(s, i) for s in (True, False) for i in ("plain", "cpu_lean")],
+    fast={(True, "plain"), (False, "cpu_lean")},
+)
 def test_each_remat_policy_keeps_less_for_the_backward_pass(impl, scan):
     # 'full' keeps a block's input only, 'save_dots' the dense projections' outputs as well,
     # 'none' every activation. This is JAX's decision and holds on every backend; how much
