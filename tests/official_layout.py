@@ -1,8 +1,11 @@
 """Key names and shapes of the official ViT .npz files, written from their published layout.
 
 Kept apart from vit_se on purpose: the tests check that vit_se loads what Google publishes, so the
-expected keys must not be derived from the code under test. Source: ../shared/DESIGN.md section 3
-(vit_jax `gs://vit_models/...` files and big_vision `params/...` files).
+expected keys must not be derived from the code under test. Sources: the published files and the
+code that reads them, vit_jax's `gs://vit_models/...` checkpoints (pre-linen block names, loaded by
+`vit_jax/checkpoint.py` of google-research/vision_transformer) and big_vision's `params/...` files
+(`big_vision/models/vit.py`: linen names, `pos_embedding` without a class-token row, optionally
+blocks stacked by `scan`).
 """
 
 import numpy as np
