@@ -62,9 +62,9 @@ def test_similarity_transform_recovers_a_known_one():
     dst = scale * src @ rot.T + shift
     m = faces.similarity_transform(src, dst)
     # float64 least squares over 5 points with coordinates up to |dst| (the shift's scale).
-    n, scale = 5, np.abs(dst).max()
-    tolerances.assert_close(m[:, :2], scale * rot, n, scale=scale, eps=tolerances.EPS64)
-    tolerances.assert_close(m[:, 2], shift, n, scale=scale, eps=tolerances.EPS64)
+    n, size = 5, np.abs(dst).max()
+    tolerances.assert_close(m[:, :2], scale * rot, n, scale=size, eps=tolerances.EPS64)
+    tolerances.assert_close(m[:, 2], shift, n, scale=size, eps=tolerances.EPS64)
     tolerances.assert_close(faces.transform_points(m, src), dst, n, eps=tolerances.EPS64)
 
 
