@@ -63,11 +63,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # timm_peer
 MEASUREMENTS = ("matmul", "jax_train", "jax_infer", "timm_train", "timm_infer")
 NUM_CLASSES = 7
 MiB = 2**20
-# vit_se.models.IMPLS, ATTENTION_IMPLS and REMAT_POLICIES (tests/test_benchmarks.py checks they
-# agree): spelt out so that the parent process, which never imports JAX, can check the flags.
-IMPLS = ("auto", "plain", "cpu_lean")
-ATTENTION_IMPLS = ("xla", "cudnn")
-REMAT_POLICIES = ("none", "full", "save_dots")
+# The model's own choices; vit_se.choices imports nothing, so the parent process, which never
+# imports JAX, can check the flags.
+from vit_se.choices import ATTENTION_IMPLS, IMPLS, REMAT_POLICIES  # noqa: E402
 
 
 def parse_args(argv=None):

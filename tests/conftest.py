@@ -15,6 +15,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocess limits, there only to end a hung test, never to check speed (that is benchmarks/').
+# For a 2-core machine running the suite with -n 2 beside another CPU-heavy process: about ten
+# times the longest one such command took in a parallel run of the suite on 2 idle cores (a short
+# trainer run, 100 s). TIMEOUT for a Python command (a trainer run, a CLI, a builder), SIGNALLED for
+# the exit of a run that was sent a signal (it may write a checkpoint first), SHELL for a bash
+# script or tool that runs no Python.
+TIMEOUT, SIGNALLED, SHELL = 1800, 600, 300
 # The demo run shared by the evaluate, predict, export and analyze tests.
 DEMO_NUM_TRAIN, DEMO_NUM_TEST = 140, 42  # val = train[90%:] = 14 examples
 DEMO_STEPS = 30
@@ -39,7 +46,7 @@ def once(tmp_path_factory, name, build):
         return json.loads(done.read_text())
 
 
-def run_module(module, *args, timeout=600, env=None):
+def run_module(module, *args, timeout=TIMEOUT, env=None):
     """`python -m module args...` from the repository root, output captured."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -49,6 +56,37 @@ def run_module(module, *args, timeout=600, env=None):
         text=True,
         timeout=timeout,
     )
+
+
+# The libraries whose import a mistake in a value must not wait for.
+HEAVY_MODULES = ("jax", "jaxlib", "tensorflow")
+
+_WATCHED = """
+import atexit, json, runpy, sys
+report, module = sys.argv.pop(1), sys.argv.pop(1)
+
+def _report():
+    with open(report, "w") as f:
+        json.dump(sorted({m.split(".")[0] for m in sys.modules}), f)
+
+atexit.register(_report)
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_module_watched(module, *args, report, timeout=TIMEOUT, env=None):
+    """run_module, also returning the top-level packages the process had imported when it exited
+    (a wrapper writes sys.modules to `report` at exit): what a command needed before it failed."""
+    r = subprocess.run(
+        [sys.executable, "-c", _WATCHED, str(report), module, *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    with open(report) as f:  # missing: the process did not reach its exit handlers
+        return r, set(json.load(f))
 
 
 def _train_demo(root):
@@ -126,7 +164,7 @@ def _short_run(root):
         env=demo_env(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=TIMEOUT,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return {"data_root": data_root, "workdir": workdir}

@@ -1,10 +1,11 @@
 """Shared by the tests that compare two ways of computing the same model (implementations, scan,
-remat): perturbed parameters, a loss with informative gradients, and the tolerances."""
+remat): perturbed parameters, a loss with informative gradients, and the comparisons."""
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tolerances
 
 
 def perturbed(params, scale=0.1, seed=2):
@@ -26,20 +27,28 @@ def grads_and_logits(model, params, x, mutable=False):
     return grads, logits
 
 
-# float32 sums in another order (head-major vs token-major contractions, a hand-written softmax
-# VJP, recomputed GELU) differ by a few ulps: measured 2e-7 on the logits and 7e-7 on the largest
-# gradient entry (largest gradient ~1). A wrong term (a dropped residual, a missing softmax
-# correction) moves them by 1e-2 or more.
-LOGIT_ATOL = 1e-5
-GRAD_RTOL_OF_MAX = 1e-5
+# Two ways of computing the same model sum in other orders (head-major vs token-major contractions,
+# a hand-written softmax VJP, recomputed GELU, scanned blocks): they agree to float32 rounding,
+# bounded by the rule in tests/tolerances.py with n the model's summed reduction lengths. A wrong
+# term (a dropped residual, a missing softmax correction) moves logits and gradients by 1e-2 of
+# their scale or more, far outside it.
 
 
-def assert_same_grads(grads, ref_grads):
+def assert_same_logits(logits, ref_logits, model, x, err_msg=""):
+    """Logits of `model` on images x [N, S, S, 3] computed two ways."""
+    tolerances.assert_close(
+        logits, ref_logits, tolerances.vit_sums(model, x.shape[1]), err_msg=err_msg
+    )
+
+
+def assert_same_grads(grads, ref_grads, model, x):
+    """Every parameter gradient of a loss of `model` on x, against the reference's, at the scale
+    of the largest reference gradient (weight gradients are sums over the batch: their size is
+    not their own rounding scale)."""
     flat, ref = flax.traverse_util.flatten_dict(grads), flax.traverse_util.flatten_dict(ref_grads)
     assert flat.keys() == ref.keys()
     scale = max(float(np.max(np.abs(g))) for g in ref.values())
     assert scale > 0.01  # the comparison is not between two zero trees
+    n = tolerances.vit_grad_sums(model, x.shape[1], x.shape[0])
     for key, g in flat.items():
-        np.testing.assert_allclose(
-            g, ref[key], atol=GRAD_RTOL_OF_MAX * scale, err_msg="/".join(key)
-        )
+        tolerances.assert_close(g, ref[key], n, scale=scale, err_msg="/".join(key))

@@ -2,15 +2,20 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import tolerances
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import train_speed  # noqa: E402
+from conftest import TIMEOUT  # noqa: E402
+
+from vit_se import models  # noqa: E402
 
 
 def _round(times, peak, others=0.0):
@@ -23,7 +28,7 @@ def test_merge_rounds_pools_times_and_keeps_the_highest_peak():
     )
     assert merged["step_times"] == [1.0, 3.0, 2.0]
     assert merged["peak_rss_bytes"] == 300
-    assert merged["others_cpu_share"] == pytest.approx(0.2)
+    assert merged["others_cpu_share"] == tolerances.approx(0.2, n=2, eps=tolerances.EPS64)
     assert merged["compile_s"] == 5
     assert [r["step_times"] for r in merged["rounds"]] == [[1.0, 3.0], [2.0]]
 
@@ -37,11 +42,13 @@ def test_round_ratios_compare_each_round_with_its_own_peer():
     jax_result = train_speed.merge_rounds([_round([2.0, 2.0], 90), _round([4.0], 110)])
     timm_result = train_speed.merge_rounds([_round([4.0], 100), _round([4.0, 4.0], 100)])
     ratios = train_speed.round_ratios(jax_result, timm_result, batch=8)
-    assert ratios["speed"] == pytest.approx([2.0, 1.0])
-    assert ratios["memory"] == pytest.approx([0.9, 1.1])
+    # float64 means of a few step times, and their ratios.
+    assert ratios["speed"] == tolerances.approx([2.0, 1.0], n=4, eps=tolerances.EPS64)
+    assert ratios["memory"] == tolerances.approx([0.9, 1.1], n=4, eps=tolerances.EPS64)
     assert train_speed.round_ratios(train_speed.merge_rounds([_round([1.0], 1)]), {}, 8) is None
 
 
+@pytest.mark.slow
 def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
     out = tmp_path / "speed.json"
     cmd = [
@@ -54,7 +61,7 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         "--rounds=2",
         f"--json_out={out}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train images/s" in proc.stdout
     results = json.loads(out.read_text())["results"]
@@ -63,19 +70,22 @@ def test_train_speed_runs_every_measurement_in_rounds(tmp_path):
         assert len(results[name]["rounds"]) == 2
         assert len(results[name]["step_times"]) == 4
         assert results[name]["images_per_s"] > 0
-    # XLA's plan for the step holds at least one layer's activations of the batch (tiny/4 at
-    # 16 px, batch 8: 8 x 17 tokens x 32 float32s).
-    assert results["jax_train"]["xla_temp_bytes"] > 8 * 17 * 32 * 4
-    # CPU-only assertion (tests are pinned to CPU): 'auto' resolved to the CPU path.
-    assert results["jax_train"]["impl"] == "cpu_lean"
+    # XLA's planned scratch is reported (its size is the compiler's: not asserted), and so is what
+    # 'auto' resolved to on this backend.
+    assert results["jax_train"]["xla_temp_bytes"] > 0
+    assert results["jax_train"]["impl"] == models.resolve_impl("auto")
 
 
-def test_model_option_choices_are_the_models():
-    from vit_se import models
-
-    assert models.IMPLS == train_speed.IMPLS
-    assert models.ATTENTION_IMPLS == train_speed.ATTENTION_IMPLS
-    assert tuple(models.REMAT_POLICIES) == train_speed.REMAT_POLICIES
+def test_every_model_option_can_be_benchmarked_and_no_other():
+    for flag, values in (
+        ("impl", models.IMPLS),
+        ("attention_impl", models.ATTENTION_IMPLS),
+        ("remat_policy", tuple(models.REMAT_POLICIES)),
+    ):
+        for value in values:
+            assert getattr(train_speed.parse_args([f"--{flag}={value}"]), flag) == value
+        with pytest.raises(SystemExit):
+            train_speed.parse_args([f"--{flag}=unknown"])
 
 
 def test_parse_batches():
@@ -87,6 +97,7 @@ def test_parse_batches():
         train_speed.parse_batches("0")
 
 
+@pytest.mark.slow
 def test_train_speed_model_options_and_batches(tmp_path):
     # The plain implementation, scanned and rematerialised, at two batch sizes in one command.
     out = tmp_path / "speed.json"
@@ -103,7 +114,7 @@ def test_train_speed_model_options_and_batches(tmp_path):
         "--batches=2,4",
         f"--json_out={out}",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "impl plain (plain), attention_impl xla, scan True, remat_policy full" in proc.stdout
     runs = json.loads(out.read_text())["runs"]
@@ -122,17 +133,39 @@ def test_train_speed_model_options_and_batches(tmp_path):
         capture_output=True,
         text=True,
         cwd=ROOT,
-        timeout=120,
+        timeout=TIMEOUT,
     )
     assert replay.returncode == 0, replay.stderr[-2000:]
     assert replay.stdout.count("train images/s ") == 2
 
 
+@pytest.mark.slow
 def test_cpu_breakdown_times_every_piece():
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_breakdown.py"), "--repeats=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split(",")[0] for line in proc.stdout.splitlines() if "," in line]
     pieces = ("dense 768->768", "dense 768->3072", "dense 3072->768", "attention", "adamw")
     for piece in pieces + ("attention plain",):
         assert piece in rows, proc.stdout
+
+
+@pytest.mark.slow
+def test_xla_cpu_memory_prints_each_figure():
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmarks", "xla_cpu_memory.py"),
+        "--remat_layers=2",
+        "--remat_batch=4",
+        "--init_model=tiny/4",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for impl in ("plain", "cpu_lean"):
+        for scan in (True, False):
+            assert re.search(rf"^  {impl} +scan={scan} +\d+ / \d+ / \d+$", out, re.M), out
+    assert re.search(
+        r"^init: .* jit_model_init \d+ MiB, jax\.jit\(model\.init\) \d+ MiB$", out, re.M
+    )
+    assert re.search(r"^donation: the first train step updated \d+ of \d+ parameter", out, re.M)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TIMEOUT
 
 from vit_se import config_checks
 from vit_se.configs import common
@@ -112,6 +113,7 @@ def test_a_config_loads_from_another_folder(tmp_path):
         capture_output=True,
         text=True,
         check=True,
+        timeout=TIMEOUT,
     ).stdout.strip()
     assert out.endswith(os.path.join("configs", "sfew.py") + ":variant=S/16"), out
     assert os.path.isfile(out.split("=", 1)[1].rsplit(":", 1)[0])
@@ -123,7 +125,7 @@ def test_a_missing_config_file_is_one_line(tmp_path):
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=TIMEOUT,
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from conftest import DEMO_NUM_TEST, DEMO_NUM_TRAIN, once, run_module
+import tolerances
+from conftest import DEMO_NUM_TEST, DEMO_NUM_TRAIN, TIMEOUT, once, run_module
 from PIL import Image
 
 from vit_se import checkpoint, evaluate, inference, model_configs, models
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_TEST = DEMO_NUM_TRAIN, DEMO_NUM_TEST
 
 
-def _run(args, timeout=600):
+def _run(args, timeout=TIMEOUT):
     return run_module(
         *args, timeout=timeout, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     )
@@ -81,8 +82,9 @@ def _event_tags(folder):
     return tags
 
 
+@pytest.mark.slow
 def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
-    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--params=params.npz"], timeout=300)
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--params=params.npz"])
     assert r.returncode == 0, r.stderr[-3000:]
     out = os.path.join(workdir, "eval", "raf_db-aligned-test")
     with open(os.path.join(out, evaluate.METRICS_FILE)) as f:
@@ -93,8 +95,11 @@ def test_cli_writes_json_png_tensorboard_and_counts_every_example(workdir):
     # The same model and split as the trainer's final test evaluation: the same numbers.
     final = _export(workdir)["metrics"]["test"]
     assert result["confusion"] == final["confusion"]
-    assert result["accuracy"] == pytest.approx(final["accuracy"])
-    assert result["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    # Accuracy: the same confusion, the same float64 ratio. Loss: per-example cross-entropies
+    # after the model's float32 sums, added over the split in batches of another size.
+    assert result["accuracy"] == tolerances.approx(final["accuracy"], 1, eps=tolerances.EPS64)
+    n = tolerances.vit_sums(_export(workdir)["model"], 48) + 7 + NUM_TEST
+    assert result["loss"] == tolerances.approx(final["loss"], n)
     assert set(result["per_class"]) == set(CLASS_NAMES)
     assert sum(row["support"] for row in result["per_class"].values()) == NUM_TEST
     with Image.open(os.path.join(out, evaluate.CONFUSION_PNG)) as png:
@@ -186,8 +191,9 @@ def test_eight_class_model_on_seven_class_dataset_is_evaluated(
     assert cm.shape == (8, 8) and cm.sum() == 21 and cm[7].sum() == 0
     assert any("contempt" in n for n in result["notes"])
     recall = result["per_class_recall"][:7]
-    assert result["mean_class_accuracy"] == pytest.approx(np.mean(recall))
-    assert result["accuracy"] == pytest.approx(np.trace(cm) / 21)
+    e64 = tolerances.EPS64
+    assert result["mean_class_accuracy"] == tolerances.approx(np.mean(recall), 8, eps=e64)
+    assert result["accuracy"] == tolerances.approx(np.trace(cm) / 21, 1, eps=e64)
 
 
 def test_seven_class_model_on_contempt_data_is_refused():
@@ -198,8 +204,9 @@ def test_seven_class_model_on_contempt_data_is_refused():
     assert evaluate.check_labels(CLASS_NAMES, CLASS_NAMES, "jaffe") == []
 
 
+@pytest.mark.slow
 def test_unknown_split_and_dataset_fail_in_one_line(workdir):
-    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"], timeout=300)
+    r = _run(["vit_se.evaluate", f"--workdir={workdir}", "--split=nope"])
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("vit_se.evaluate: --split: 'nope'")
     with pytest.raises(evaluate.EvaluationError, match="unknown dataset 'emotic'"):

@@ -19,6 +19,8 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import tolerances
+from conftest import TIMEOUT
 
 from vit_se import export, export_tf, inference, model_configs
 from vit_se.datasets.labels import CLASS_NAMES
@@ -31,7 +33,7 @@ def _env():
     return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
 
 
-def _run(*args, timeout=300, cwd=ROOT, env=None):
+def _run(*args, timeout=TIMEOUT, cwd=ROOT, env=None):
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
@@ -86,9 +88,11 @@ def test_saved_model_logits_match_jax(trained, exported):
         assert got["logits"].shape == (len(x), 7)
         wanted.append(trained.logits(x))
         worst = max(worst, float(np.max(np.abs(got["logits"].numpy() - wanted[-1]))))
-        np.testing.assert_allclose(got["probabilities"].numpy().sum(-1), 1, atol=1e-5)
-        np.testing.assert_allclose(
-            loaded.serve(x)["logits"].numpy(), got["logits"].numpy(), atol=1e-6
+        tolerances.assert_close(got["probabilities"].numpy().sum(-1), np.ones(len(x)), n=7)
+        tolerances.assert_close(
+            loaded.serve(x)["logits"].numpy(),
+            got["logits"].numpy(),
+            tolerances.vit_sums(trained.model, 48),
         )
     limit = export.tolerance(trained, wanted)
     print(f"SavedModel vs JAX: max |logit diff| = {worst:.3g} (tolerance {limit:.2g})")
@@ -163,11 +167,12 @@ def test_tflite_matches_jax(trained, exported):
     limit = export.tolerance(trained, [want])
     print(f"TFLite vs JAX: max |logit diff| = {diff:.3g} (tolerance {limit:.2g})")
     assert got["logits"].shape == (3, 7) and diff <= limit
-    np.testing.assert_allclose(got["probabilities"].sum(-1), 1, atol=1e-5)
+    tolerances.assert_close(got["probabilities"].sum(-1), np.ones(len(got["probabilities"])), n=7)
     assert report["tflite"]["max_abs_logit_diff"] <= report["tflite"]["tolerance"]
     assert report["tflite"]["batch"] == 1
 
 
+@pytest.mark.slow
 def test_saved_model_runs_with_tensorflow_alone(exported, tmp_path):
     """A consumer needs TensorFlow only: no vit_se on the path, run from elsewhere."""
     out, _ = exported
@@ -181,7 +186,7 @@ def test_saved_model_runs_with_tensorflow_alone(exported, tmp_path):
     r = _run("-c", code, cwd=str(tmp_path), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     shape, total = r.stdout.split(")")
-    assert shape == "(2, 7" and abs(float(total) - 2) < 1e-4
+    assert shape == "(2, 7" and float(total) == tolerances.approx(2.0, n=14, scale=1.0)
 
 
 def test_failed_check_leaves_nothing(trained, tmp_path, monkeypatch):
@@ -192,6 +197,7 @@ def test_failed_check_leaves_nothing(trained, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_cli_prints_parity_and_never_clobbers(workdir, tmp_path):
     out = tmp_path / "sm"
     r = _run(
@@ -246,7 +252,9 @@ def test_onnx_and_safetensors_exports_reload_and_match_jax(sharp, onnx_and_safet
         batches, export_onnx.outputs(os.path.join(out, "model.onnx"), batches), wanted, strict=True
     ):
         assert got["logits"].shape == (len(x), 7)
-        np.testing.assert_allclose(got["probabilities"].sum(-1), 1, atol=1e-5)
+        tolerances.assert_close(
+            got["probabilities"].sum(-1), np.ones(len(got["probabilities"])), n=7
+        )
         worst = max(worst, float(np.max(np.abs(got["logits"] - want))))
     limit = export.tolerance(sharp, wanted, float32=True)
     print(f"ONNX vs JAX (|logits| up to {np.abs(wanted[0]).max():.1f}): {worst:.3g} <= {limit:.2g}")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 import train_worker
-from conftest import ROOT, SHORT, demo_cmd, demo_env, read_export
+from conftest import ROOT, SHORT, SIGNALLED, TIMEOUT, demo_cmd, demo_env, read_export
 
 from vit_se import preemption, workdir
 
@@ -28,7 +28,7 @@ PREEMPTED = preemption.PREEMPTED_EXIT_CODE
 DIVERGED = 3
 
 
-def _run(cmd, timeout=600):
+def _run(cmd, timeout=TIMEOUT):
     return subprocess.run(
         cmd, cwd=ROOT, env=demo_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -60,7 +60,7 @@ def _steps(run_dir):
     return sorted(int(s) for s in os.listdir(ckpts) if s.isdigit())
 
 
-def _wait_for_step(proc, step, timeout=300):
+def _wait_for_step(proc, step, timeout=TIMEOUT):
     """Reads the run's output until its progress line reaches `step` (log_every=1)."""
     deadline = time.time() + timeout
     seen = []
@@ -73,6 +73,7 @@ def _wait_for_step(proc, step, timeout=300):
     raise AssertionError(f"the run ended before step {step}:\n" + "".join(seen[-30:]))
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_the_step_and_the_rerun_matches(short_run, tmp_path):
     run_dir = str(tmp_path / "preempted")
     cmd = demo_cmd(run_dir, short_run["data_root"], *SHORT)
@@ -81,7 +82,7 @@ def test_sigterm_checkpoints_the_step_and_the_rerun_matches(short_run, tmp_path)
     _wait_for_step(proc, at)
     proc.send_signal(signal.SIGTERM)
     rest = proc.stdout.read()
-    assert proc.wait(timeout=120) == PREEMPTED, rest[-3000:]
+    assert proc.wait(timeout=SIGNALLED) == PREEMPTED, rest[-3000:]
     last = rest.strip().splitlines()[-1]
     m = re.fullmatch(
         r"vit_se\.main: stopped by SIGTERM after step (\d+) of 120; its checkpoint is in "
@@ -101,6 +102,7 @@ def test_sigterm_checkpoints_the_step_and_the_rerun_matches(short_run, tmp_path)
     _assert_same_as(short_run["workdir"], run_dir)
 
 
+@pytest.mark.slow
 def test_five_kills_and_restarts_end_where_an_uninterrupted_run_does(short_run, tmp_path):
     run_dir = str(tmp_path / "soak")
     cmd = [*demo_cmd(run_dir, short_run["data_root"], *SHORT), "--config.log_every=1"]
@@ -116,7 +118,7 @@ def test_five_kills_and_restarts_end_where_an_uninterrupted_run_does(short_run, 
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGTERM
         proc.send_signal(sig)
         out = proc.stdout.read()
-        code = proc.wait(timeout=120)
+        code = proc.wait(timeout=SIGNALLED)
         kills.append((step, sig.name, code, _steps(run_dir)))
         assert code in (-signal.SIGKILL, PREEMPTED, 0), out[-3000:]
     r = _run([*cmd])
@@ -125,6 +127,7 @@ def test_five_kills_and_restarts_end_where_an_uninterrupted_run_does(short_run, 
     assert any(code == PREEMPTED for _, _, code, _ in kills), kills
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_at_once_and_saves_nothing_after_it(short_run, tmp_path):
     run_dir = str(tmp_path / "nan")
     cmd = demo_cmd(
@@ -153,6 +156,7 @@ def test_nonfinite_loss_stops_at_once_and_saves_nothing_after_it(short_run, tmp_
     assert not os.path.exists(os.path.join(run_dir, workdir.EXPORT_INFO))
 
 
+@pytest.mark.slow
 def test_skip_mode_stops_after_the_allowed_skips_in_a_row(short_run, tmp_path):
     run_dir = str(tmp_path / "skip")
     cmd = demo_cmd(
@@ -219,6 +223,7 @@ def _damage_newest(run_dir, how):
     return newest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncate", "delete"])
 def test_broken_newest_checkpoint_is_moved_aside_and_the_one_before_used(short_run, tmp_path, how):
     run_dir = str(tmp_path / how)
@@ -240,6 +245,7 @@ def test_broken_newest_checkpoint_is_moved_aside_and_the_one_before_used(short_r
     _assert_same_as(short_run["workdir"], run_dir)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_workdir_refuses_and_a_dead_ones_lock_is_taken_over(
     short_run, tmp_path
 ):
@@ -248,7 +254,7 @@ def test_a_second_run_on_the_workdir_refuses_and_a_dead_ones_lock_is_taken_over(
     first = _start([*cmd, "--config.log_every=1"])
     _wait_for_step(first, 1)
     first.send_signal(signal.SIGSTOP)  # alive but not finishing while the second one tries
-    second = _run(cmd, timeout=120)
+    second = _run(cmd)
     assert second.returncode == 1
     lines = second.stderr.strip().splitlines()
     assert re.fullmatch(
@@ -258,7 +264,7 @@ def test_a_second_run_on_the_workdir_refuses_and_a_dead_ones_lock_is_taken_over(
         lines[-1],
     ), lines[-1]
     first.send_signal(signal.SIGKILL)
-    first.wait(timeout=60)
+    first.wait(timeout=SIGNALLED)
     assert os.path.exists(os.path.join(run_dir, workdir.LOCK))  # a kill leaves it behind
     r = _run(cmd)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -267,6 +273,7 @@ def test_a_second_run_on_the_workdir_refuses_and_a_dead_ones_lock_is_taken_over(
     _assert_same_as(short_run["workdir"], run_dir)
 
 
+@pytest.mark.slow
 def test_two_processes_stop_at_the_same_step_when_one_is_preempted(short_run, tmp_path):
     import socket
 
@@ -289,7 +296,7 @@ def test_two_processes_stop_at_the_same_step_when_one_is_preempted(short_run, tm
     _wait_for_step(procs[0], 3)
     procs[1].send_signal(signal.SIGTERM)  # only one host gets the notice
     outs = [p.stdout.read() for p in procs]
-    codes = [p.wait(timeout=120) for p in procs]
+    codes = [p.wait(timeout=SIGNALLED) for p in procs]
     assert codes == [PREEMPTED, PREEMPTED], [o[-2000:] for o in outs]
     stopped = [re.search(r"stopped by .+ after step (\d+) of 120", o).group(1) for o in outs]
     assert stopped[0] == stopped[1] and _steps(run_dir)[-1] == int(stopped[0])

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import TIMEOUT
 from PIL import Image
 
 from vit_se.datasets import common, labels
@@ -226,6 +227,7 @@ simple_parsing.parse(build.Args, args=sys.argv[1:]).execute()
 """
 
 
+@pytest.mark.slow
 def test_tfds_build_cli(fake, tmp_path):
     args = [
         os.path.join(REPO, "vit_se", "datasets", "jaffe"),
@@ -243,7 +245,7 @@ def test_tfds_build_cli(fake, tmp_path):
         command,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=TIMEOUT,
         env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]

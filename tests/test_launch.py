@@ -14,11 +14,13 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from conftest import SHELL
 
 ROOT = Path(__file__).resolve().parents[1]
 TPU = ROOT / "launch" / "tpu_vm.sh"
@@ -61,7 +63,7 @@ def stubs(tmp_path):
     return env, calls
 
 
-def run(script, *args, env, check=True, input=None, timeout=60):
+def run(script, *args, env, check=True, input=None, timeout=SHELL):
     proc = subprocess.run(
         ["bash", str(script), *args],
         env=env,
@@ -93,7 +95,9 @@ def commands(stdout):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_bash_syntax(script):
-    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["bash", "-n", str(script)], capture_output=True, text=True, timeout=SHELL
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -107,7 +111,11 @@ def test_shellcheck(script):
         )
     # -x: follow `. launch/common.sh`, so what the scripts use from it is checked too.
     proc = subprocess.run(
-        [exe, "-x", "--shell=bash", str(script)], capture_output=True, text=True, cwd=ROOT
+        [exe, "-x", "--shell=bash", str(script)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=SHELL,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -712,7 +720,12 @@ def test_ssh_usage_errors(stubs):
 
 @pytest.fixture
 def local_ssh(stubs, tmp_path):
-    """An ssh that runs the remote command here, and a python that plays the trainer."""
+    """An ssh that runs the remote command here, and a python that plays the trainer.
+
+    The trainer never ends by itself, so a script that waited for it instead of stopping it would
+    hang the test (until its timeout) rather than pass. Process 1 fails once the file named by
+    FAIL exists, so that a test reads both pid files first.
+    """
     env, _ = stubs
     fake = tmp_path / "ssh_bin"
     fake.mkdir()
@@ -722,16 +735,15 @@ def local_ssh(stubs, tmp_path):
         "while [[ $# -gt 0 && $1 == -* ]]; do case $1 in -o|-p) shift 2;; *) shift;; esac; done\n"
         'shift\nexec bash -c "$*"\n',
     )
-    # Process 1 fails after a moment when FAIL is set; otherwise every process waits.
     _write_exe(
         fake / "trainer",
         "#!/usr/bin/env bash\n"
         "for a; do case $a in --process_id=*) id=${a#*=};; esac; done\n"
         'echo "process $id started: devices ${JAX_LOCAL_DEVICE_IDS:-all}"\n'
         "if [[ $id == 1 && -n ${FAIL:-} ]]; then\n"
-        '  sleep 1; echo "process $id fails" >&2; exit 3\n'
+        '  while [[ ! -e $FAIL ]]; do sleep 0.1; done; echo "process $id fails" >&2; exit 3\n'
         "fi\n"
-        "exec sleep 60\n",
+        "exec sleep infinity\n",
     )
     env = dict(env, PATH=f"{fake}{os.pathsep}{env['PATH']}")
     port = str(20000 + os.getpid() % 10000)
@@ -745,63 +757,110 @@ def local_ssh(stubs, tmp_path):
         "--gpus-per-node=2",
     ]
     pidfiles = [Path(f"/tmp/vit_se_{port}_{i}.pid") for i in range(2)]
+    for pidfile in pidfiles:  # left by an earlier session that was killed
+        pidfile.unlink(missing_ok=True)
     yield env, args, pidfiles
     for pidfile in pidfiles:  # nothing of ours may outlive the test
-        if pidfile.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pidfile.read_text()), signal.SIGKILL)
-            pidfile.unlink()
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text())
+            if _trainer_alive(pid):  # not another process that got the pid since
+                os.kill(pid, signal.SIGKILL)
+        pidfile.unlink(missing_ok=True)
 
 
-def _alive(pid):
+def _trainer_alive(pid):
+    """Whether pid is a fake trainer (its `sleep`) that has not exited."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
         return False
-    return True
 
 
-def test_ssh_one_failure_stops_all(local_ssh):
-    env, args, pidfiles = local_ssh
-    start = time.monotonic()
-    proc = subprocess.run(
-        ["bash", str(SSH), *args],
-        env=dict(env, FAIL="1"),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 3, proc.stderr
-    assert time.monotonic() - start < 20
-    assert "[0:h0] process 0 started: devices 0,1" in proc.stdout
-    assert "[1:h1] process 1 fails" in proc.stdout
-    assert "process 1 (h1) exited with status 3: stopping the others" in proc.stderr
-    assert not pidfiles[0].exists()  # process 0 was killed through its pid file
+# The script under test runs as it does from a terminal: SIGINT at its default disposition and
+# unblocked. A shell cannot trap a signal that was ignored when it started, and a blocked one never
+# arrives; whatever started pytest (a CI runner, an xdist worker, nohup) may have done either.
+_DEFAULT_SIGINT = (
+    "import os, signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
 
 
-def test_ssh_ctrl_c_stops_all(local_ssh):
-    env, args, pidfiles = local_ssh
-    proc = subprocess.Popen(
-        ["bash", str(SSH), *args],
+def _start_ssh(args, env):
+    return subprocess.Popen(
+        [sys.executable, "-c", _DEFAULT_SIGINT, "bash", str(SSH), *args],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own group: on a failure the test can end all of it
     )
-    deadline = time.monotonic() + 20
+
+
+def _pids_when_started(proc, pidfiles):
+    deadline = time.monotonic() + SHELL
     while not all(p.exists() and p.read_text().strip() for p in pidfiles):
+        assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the processes did not start"
         time.sleep(0.1)
-    pids = [int(p.read_text()) for p in pidfiles]
-    time.sleep(0.3)
+    return [int(p.read_text()) for p in pidfiles]
+
+
+def _finish(proc):
+    """(stdout, stderr) once the script has exited; on a timeout, what it was doing, and every
+    process of its group ended."""
+    try:
+        return proc.communicate(timeout=SHELL)
+    except subprocess.TimeoutExpired:
+        status = Path(f"/proc/{proc.pid}/status").read_text() if proc.poll() is None else ""
+        signals = [line for line in status.splitlines() if line.startswith("Sig")]
+        tree = subprocess.run(
+            ["ps", "-o", "pid,ppid,stat,args", "-s", str(proc.pid)], capture_output=True, text=True
+        ).stdout
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"still running: {signals}\n{tree}\n{out}\n{err}") from None
+
+
+def _all_ended(pids):
+    deadline = time.monotonic() + SHELL
+    while any(_trainer_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_ssh_one_failure_stops_all(local_ssh, tmp_path):
+    env, args, pidfiles = local_ssh
+    fail = tmp_path / "fail_now"
+    proc = _start_ssh(args, dict(env, FAIL=str(fail)))
+    pids = _pids_when_started(proc, pidfiles)
+    fail.touch()
+    out, err = _finish(proc)
+    assert proc.returncode == 3, err
+    assert "[0:h0] process 0 started: devices 0,1" in out
+    assert "[1:h1] process 1 fails" in out
+    assert "process 1 (h1) exited with status 3: stopping the others" in err
+    assert not pidfiles[0].exists()  # process 0 was killed through its pid file
+    assert _all_ended(pids)  # it would never have ended by itself
+
+
+@pytest.mark.slow
+def test_ssh_ctrl_c_stops_all(local_ssh):
+    env, args, pidfiles = local_ssh
+    proc = _start_ssh(args, env)
+    pids = _pids_when_started(proc, pidfiles)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    out, err = _finish(proc)
     assert proc.returncode == 130, err
     assert "interrupted: stopping every process" in err
-    time.sleep(0.2)
-    assert not any(_alive(pid) for pid in pids)
+    assert _all_ended(pids)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Data flows one way: no vit_se module imports one above it (DESIGN.md, section 5).
+"""Data flows one way: no vit_se module imports one above it (README.md, "Layout").
 
 Every import statement of every module is read, including those inside functions (an import
 deferred to call time is still a dependence), and checked against the layers below. A module that

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SHORT, demo_cmd, demo_env, read_export
+from conftest import SHORT, SIGNALLED, TIMEOUT, demo_cmd, demo_env, read_export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_ACCURACY = 0.85  # configs/demo.py docstring
@@ -27,7 +27,7 @@ def _env(devices=1):
     return demo_env(devices)
 
 
-def _run(cmd, timeout=900, **kw):
+def _run(cmd, timeout=TIMEOUT, **kw):
     return subprocess.run(
         cmd, cwd=ROOT, env=kw.pop("env", _env()), capture_output=True, text=True, timeout=timeout
     )
@@ -63,6 +63,7 @@ def test_demo_reaches_its_stated_accuracy(tmp_path):
     assert {"checkpoints", "config.json", "export.json", "params.npz"} <= set(names)
 
 
+@pytest.mark.slow
 def test_short_run_exports_and_counts_every_example(uninterrupted):
     info, params = _export(uninterrupted)
     assert info["step"] == 120
@@ -74,6 +75,7 @@ def test_short_run_exports_and_counts_every_example(uninterrupted):
     assert sorted(int(s) for s in os.listdir(os.path.join(uninterrupted, "checkpoints")))[-1] == 120
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uninterrupted):
     workdir = str(tmp_path / "killed")
     ckpts = os.path.join(workdir, "checkpoints")
@@ -84,14 +86,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uni
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 600
+    deadline = time.time() + TIMEOUT
     while time.time() < deadline and proc.poll() is None:
         done = [s for s in os.listdir(ckpts) if s.isdigit()] if os.path.isdir(ckpts) else []
         if done:
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
-    proc.wait(timeout=60)
+    proc.wait(timeout=SIGNALLED)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert not os.path.exists(os.path.join(workdir, "export.json"))
     r = _run(_cmd(workdir, data_root, *SHORT))
@@ -100,15 +102,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, data_root, uni
     info_a, params_a = _export(uninterrupted)
     info_b, params_b = _export(workdir)
     assert params_a.keys() == params_b.keys()
+    # A resume replays the same steps on the same state: bit for bit (tests/test_failures.py).
     for k in params_a:
-        np.testing.assert_allclose(params_b[k], params_a[k], atol=1e-6, err_msg=k)
-    for split in ("val", "test"):
-        assert info_b["metrics"][split]["confusion"] == info_a["metrics"][split]["confusion"]
-        assert info_b["metrics"][split]["loss"] == pytest.approx(
-            info_a["metrics"][split]["loss"], rel=1e-5
-        )
+        np.testing.assert_array_equal(params_b[k], params_a[k], err_msg=k)
+    assert info_b["metrics"] == info_a["metrics"]
 
 
+@pytest.mark.slow
 def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, uninterrupted):
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -132,7 +132,7 @@ def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, un
         )
         for i in range(2)
     ]
-    outs = [p.communicate(timeout=900) for p in procs]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
     assert "JAX process 1/2, 1 local / 2 global devices" in outs[1][1]
     info, _ = _export(workdir)
@@ -145,14 +145,14 @@ def test_two_process_run_trains_and_counts_every_example(tmp_path, data_root, un
 
 
 def test_unknown_config_field_fails_in_one_line(tmp_path):
-    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.no_such_field=1"), timeout=120)
+    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.no_such_field=1"))
     assert r.returncode != 0
     assert "no_such_field" in r.stderr
     assert not os.path.exists(tmp_path / "w")
 
 
 def test_unknown_dataset_fails_before_compiling(tmp_path):
-    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.dataset=emotic"), timeout=120)
+    r = _run(_cmd(str(tmp_path / "w"), str(tmp_path), "--config.dataset=emotic"))
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("vit_se.main: config.dataset: unknown dataset 'emotic'")

@@ -11,6 +11,7 @@ import os
 
 import nbformat
 import pytest
+from conftest import TIMEOUT
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def _run(name, *lines):
     params.source += "\n" + "\n".join(lines)
     NotebookClient(
         nb,
-        timeout=900,
+        timeout=TIMEOUT,  # per cell
         kernel_name="python3",
         resources={"metadata": {"path": os.path.dirname(path)}},
     ).execute()

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import TIMEOUT
 
 from vit_se.datasets import common, labels
 from vit_se.datasets.raf_db import fake_data, raf_db_dataset_builder
@@ -165,6 +166,7 @@ simple_parsing.parse(build.Args, args=sys.argv[1:]).execute()
 """
 
 
+@pytest.mark.slow
 def test_tfds_build_cli(fake, tmp_path):
     args = [
         os.path.join(REPO, "vit_se", "datasets", "raf_db"),
@@ -177,7 +179,7 @@ def test_tfds_build_cli(fake, tmp_path):
     else:
         command = [sys.executable, "-c", _BUILD_SUBCOMMAND, *args]
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     for config in ("aligned", "original"):  # no --config: every config is built
         info = json.loads(

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import run_module
+import tolerances
+from conftest import TIMEOUT, run_module
 
 from vit_se import train_step
 from vit_se.datasets.fer2013.fake_data import write_fake_fer2013
@@ -58,19 +59,21 @@ def test_soft_target_loss_and_gradient_are_the_analytic_ones(eps):
     b, metrics = _step(label_smoothing=eps)
     targets = (1 - eps) * DIST + eps / C  # optax.smooth_labels on the distribution
     grad = 1 / C - targets.mean(0)
-    np.testing.assert_allclose(float(metrics["loss"]), np.log(C), rtol=1e-6)
-    np.testing.assert_allclose(b, -grad, atol=1e-7)
-    np.testing.assert_allclose(float(metrics["grad_norm"]), np.linalg.norm(grad), rtol=1e-6)
+    # float32: a log-sum-exp over C classes and a mean over the batch of 2; probabilities.
+    assert float(metrics["loss"]) == tolerances.approx(np.log(C), n=C + 2)
+    tolerances.assert_close(b, -grad, n=C + 2, scale=1.0)
+    assert float(metrics["grad_norm"]) == tolerances.approx(np.linalg.norm(grad), n=2 * C + 2)
     assert float(metrics["accuracy"]) == 0.5  # argmax of b=0 is class 0: one of two labels
 
 
 def test_without_a_distribution_the_label_is_the_target():
     b, _ = _step(soft=False)
     onehot = np.eye(C)[LABELS]
-    np.testing.assert_allclose(b, -(1 / C - onehot.mean(0)), atol=1e-7)
+    tolerances.assert_close(b, -(1 / C - onehot.mean(0)), n=C + 2, scale=1.0)
     assert not np.allclose(b, _step()[0])
 
 
+@pytest.mark.slow
 def test_probability_mode_trains_the_demo_model_above_chance(tmp_path):
     manual = tmp_path / "fer_manual"
     write_fake_fer2013(str(manual), num_train=350, num_public=70, num_private=70, ferplus=True)
@@ -98,7 +101,7 @@ def test_probability_mode_trains_the_demo_model_above_chance(tmp_path):
         "--config.eval_every=600",
         "--config.checkpoint_every=600",
         "--config.log_every=200",
-        timeout=900,
+        timeout=TIMEOUT,
         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]

@@ -39,6 +39,25 @@ def tiny_config(fsdp=False, accum=1, batch=16):
     return config
 
 
+def run_tolerances(config, steps):
+    """(loss, parameter) absolute tolerances for two runs of `steps` steps of `config` that differ
+    only in summation order (devices, processes, micro-batches, scanned blocks); the rule is
+    tests/tolerances.py's.
+
+    Gradients are clipped to global norm grad_clip_norm, which bounds every entry: that is their
+    scale. Each step's update is learning_rate times momentum's sum of past gradients, so the
+    parameters carry lr * momentum_sgd_factor gradient errors. The loss is a mean cross-entropy:
+    the forward sums plus the batch, at the loss's own scale (log of the class count at the start).
+    """
+    import tolerances
+
+    model, size, batch = config.model, config.image_size, config.batch_size
+    grad = tolerances.atol(config.grad_clip_norm, tolerances.vit_grad_sums(model, size, batch))
+    params = config.learning_rate * tolerances.momentum_sgd_factor(steps, config.momentum) * grad
+    loss = tolerances.atol(np.log(config.num_classes), tolerances.vit_sums(model, size) + batch)
+    return loss, params
+
+
 def batches(config, steps, seed=0):
     rng = np.random.default_rng(seed)
     size = config.image_size

@@ -166,18 +166,29 @@ def jax_reference(trained, images, float32=False):
 
 
 def summed_terms(model_config, image_size):
-    """How many terms the float sums on the way to one logit add up, all chained together."""
-    cfg = dict(model_config)
-    t = dict(cfg["transformer"])
-    d, heads = int(cfg["hidden_size"]), int(t["num_heads"])
-    ph, pw = (int(n) for n in cfg["patches"]["size"])
-    tokens = (image_size // ph) * (image_size // pw) + 1
-    # Per block: two layer norms (mean and variance over d each), q/k/v (d), attention scores
-    # (head width), the weighted sum of values (tokens), the output projection (d), the MLP (d,
-    # then mlp_dim).
-    block = 4 * d + d + d // heads + tokens + d + d + int(t["mlp_dim"])
-    # The patch convolution; the encoder norm; pre_logits, SE and head (at most d each).
-    return 3 * ph * pw + int(t["num_layers"]) * block + 2 * d + 3 * d
+    """How many float32 terms the sums from pixels to one logit add up, all chained together:
+    the patch embedding, then per block two LayerNorms (mean and variance over the width), the
+    q/k/v projections, the attention scores (head width), the weighted sum of values (tokens),
+    the output projection and the MLP's two layers, then the final LayerNorm, pre-logits, the SE
+    block and the head. `model_config`: a model config, its dict, or a VisionTransformer."""
+
+    def field(obj, name):
+        try:
+            return obj[name]
+        except (TypeError, KeyError):
+            return getattr(obj, name)
+
+    patch = field(field(model_config, "patches"), "size")
+    width = int(field(model_config, "hidden_size"))
+    t = field(model_config, "transformer")
+    depth, heads, mlp = (int(field(t, k)) for k in ("num_layers", "num_heads", "mlp_dim"))
+    tokens = (image_size // int(patch[0])) * (image_size // int(patch[1])) + 1
+    block = 2 * 2 * width + width + width // heads + tokens + width + width + mlp
+    rep = field(model_config, "representation_size") or width
+    head = 2 * width + (width if rep != width else 0) + rep
+    if field(model_config, "use_se"):
+        head += rep + rep // int(field(model_config, "se_reduction"))
+    return int(patch[0]) * int(patch[1]) * 3 + depth * block + head
 
 
 def tolerance(trained, reference_logits, float32=False):
