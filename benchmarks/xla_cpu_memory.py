@@ -89,7 +89,7 @@ def init(name):
 
     model = models.build_model(model_configs.get_config(name), 7)
     key, image = jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))
-    lean = train_step.jit_model_init(model).lower(key, image).compile()
+    lean = train_step.jit_model_init(model, "cpu").lower(key, image).compile()
     plain = jax.jit(model.init).lower(key, image).compile()
     return lean.memory_analysis().temp_size_in_bytes, plain.memory_analysis().temp_size_in_bytes
 
@@ -99,19 +99,17 @@ def donation():
     import jax
     import numpy as np
 
-    from vit_se import model_configs, optim, sharding, train_step
+    from vit_se import config_checks, model_configs, sharding, train_setup
     from vit_se.configs import common
 
     config = common.get_config()
     config.model = model_configs.get_config("tiny/4")
     config.image_size, config.batch_size = 16, 8
+    config = config_checks.resolve(config)
     mesh = sharding.make_mesh(jax.devices()[:1])
-    model = train_step.create_model(config)
-    lr = optim.schedule(config, 100, 2)
-    tx = optim.optimizer(config, lr)
-    _, state_sh = train_step.abstract_state(config, model, tx, mesh)
-    state = train_step.init_state(config, model, tx, state_sh)
-    step_fn = train_step.jit_train_step(model, tx, lr, config, state_sh, mesh)
+    setup = train_setup.build(config, mesh, steps_per_epoch=2, total=100)
+    state = train_setup.init_state(config, setup)
+    step_fn = setup.train_step
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.normal(0, 0.5, (8, 16, 16, 3)).astype(np.float32),

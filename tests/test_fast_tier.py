@@ -1,9 +1,10 @@
 """The fast tier (`pytest -m "not slow"`) still imports every vit_se module.
 
 Read statically from the test files: a module counts when a test that is not marked slow (or a
-fixture or helper in a file that has such a test) imports it, runs it as `python -m`, or imports
-a module that imports it at its top level (module-level imports always run; imports deferred into
-functions are not followed). What the slow tests add is end-to-end runs, not modules.
+fixture or helper in a file that has such a test) imports it, runs it as `python -m` or in a
+`python -c` program, or imports a module that imports it at its top level (module-level imports
+always run; imports deferred into functions are not followed). What the slow tests add is
+end-to-end runs, not modules.
 """
 
 import ast
@@ -63,6 +64,9 @@ def _fast_imports(path):
                 # `python -m vit_se.x` runs x, or x.__main__ for a package.
                 names = re.findall(r"^vit_se(?:\.\w+)*$", node.value)
                 names += [f"{n}.__main__" for n in names]
+                # `python -c "import vit_se.x; ..."` (or `from vit_se.x import ...`) imports x.
+                code_imports = r"\b(?:import|from)\s+(?:[\w.]+\s*,\s*)*(vit_se[\w.]*)"
+                names += re.findall(code_imports, node.value)
             if isinstance(node, ast.JoinedStr) and node.values:
                 first = node.values[0]
                 if isinstance(first, ast.Constant) and str(first.value).startswith("vit_se."):
@@ -121,3 +125,5 @@ def test_the_reading_sees_slow_marks_and_command_lines():
     assert "kfold" in kfold_tests
     assert "main" in _fast_imports(os.path.join(TESTS, "test_run_checks.py"))
     assert "cpu_lean" in _closure({"models"})
+    # test_export imports the timm loader only inside a `python -c` program.
+    assert "timm_vit_se" in _fast_imports(os.path.join(TESTS, "test_export.py"))
