@@ -43,3 +43,16 @@ show() {
 note() {
   if ((DRY_RUN)); then echo "# $*"; else echo "# $*" >&2; fi
 }
+
+# What a launcher's --module starts: sets MODULE_ARGV to the arguments after the interpreter
+# (-m vit_se.main, -m vit_se.kfold, -m vit_se.experiments ablation / cross_dataset).
+# shellcheck disable=SC2034  # MODULE_ARGV is read by the sourcing script
+module_argv() {
+  case ${1#vit_se.} in
+    main) MODULE_ARGV=(-m vit_se.main) ;;
+    kfold) MODULE_ARGV=(-m vit_se.kfold) ;;
+    ablation | experiments.ablation) MODULE_ARGV=(-m vit_se.experiments ablation) ;;
+    cross_dataset | experiments.cross_dataset) MODULE_ARGV=(-m vit_se.experiments cross_dataset) ;;
+    *) die "unknown --module '$1' (main, kfold, ablation, cross_dataset)" ;;
+  esac
+}

@@ -10,6 +10,8 @@
 # on host i (the first host is process 0 and hosts the coordinator), prints every host's output
 # here with a [i:host] prefix, and stops every process when one fails or on Ctrl-C (each remote
 # process records its pid in /tmp/vit_se_PORT_i.pid, which is what gets killed).
+# --module=kfold, ablation or cross_dataset starts python -m vit_se.kfold or vit_se.experiments
+# instead, on one host (only vit_se.main starts JAX's multi-process runtime).
 #
 # What you need: passwordless ssh from here to every host (BatchMode: no prompts), the same
 # repository checkout and a virtual environment with vit_se installed (pip install -e ".[cuda]")
@@ -27,14 +29,20 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 usage() {
   cat <<EOF
 Usage: $PROG (--hosts=H1,H2,... | --hostfile=FILE) --config=FILE --workdir=DIR [options]
-            [--config.FIELD=VALUE ...] [-- extra vit_se.main flags]
+            [--module=MODULE] [--config.FIELD=VALUE ...] [-- extra flags of the module]
 
 Options (environment variable in brackets):
   --hosts=H1,H2,...      hosts (user@host works), process i runs on host i [VIT_SE_HOSTS]
   --hostfile=FILE        one host per line (first word; '#' starts a comment), instead of --hosts
-  --gpus-per-node=G      use GPUs 0..G-1 of each host (JAX_LOCAL_DEVICE_IDS); default: all
+  --gpus-per-node=G      use GPUs 0..G-1 of each host (JAX_LOCAL_DEVICE_IDS; with another
+                         --module, CUDA_VISIBLE_DEVICES); default: all
   --config=FILE[:ARG]    training config, relative to --remote_dir [VIT_SE_CONFIG] (required)
   --workdir=DIR          run directory every host writes to [VIT_SE_WORKDIR] (required)
+  --module=MODULE        what runs [VIT_SE_MODULE]: main (default: python -m vit_se.main),
+                         kfold (vit_se.kfold), ablation or cross_dataset (python -m
+                         vit_se.experiments ablation / cross_dataset), the last three on one
+                         host; cross_dataset takes its own flags after -- and no --config or
+                         --workdir
   --remote_dir=DIR       repository checkout on the hosts [VIT_SE_REMOTE_DIR]
                          (default: this checkout's path, $ROOT)
   --venv=DIR             virtual environment on the hosts to activate [VIT_SE_VENV]
@@ -46,7 +54,7 @@ Options (environment variable in brackets):
   --dry-run              print the ssh commands, one per host, and run nothing
   -h, --help             this help
 
---config.FIELD=VALUE flags, and anything after --, go to python -m vit_se.main unchanged.
+--config.FIELD=VALUE flags, and anything after --, go to the module unchanged.
 EOF
 }
 
@@ -55,6 +63,7 @@ HOSTFILE=""
 GPUS=""
 CONFIG=${VIT_SE_CONFIG:-}
 WORKDIR=${VIT_SE_WORKDIR:-}
+MODULE=${VIT_SE_MODULE:-main}
 REMOTE_DIR=${VIT_SE_REMOTE_DIR:-$ROOT}
 VENV=${VIT_SE_VENV:-}
 PYTHON=${VIT_SE_PYTHON:-}
@@ -73,8 +82,8 @@ while (($#)); do
     key=$arg val="" has_val=0
   fi
   case $key in
-    --hosts | --hostfile | --gpus-per-node | --config | --workdir | --remote_dir | --venv | \
-      --python | --coordinator | --port | --ssh_opt)
+    --hosts | --hostfile | --gpus-per-node | --config | --workdir | --module | --remote_dir | \
+      --venv | --python | --coordinator | --port | --ssh_opt)
       if ((!has_val)); then
         (($#)) || die "$key needs a value"
         val=$1
@@ -93,6 +102,7 @@ while (($#)); do
     --gpus-per-node) GPUS=$val ;;
     --config) CONFIG=$val ;;
     --workdir) WORKDIR=$val ;;
+    --module) MODULE=$val ;;
     --remote_dir) REMOTE_DIR=$val ;;
     --venv) VENV=$val ;;
     --python) PYTHON=$val ;;
@@ -124,8 +134,19 @@ fi
 for host in "${HOSTS[@]}"; do
   [[ -n $host && $host != *[[:space:]]* ]] || die "bad host name '$host' in the host list"
 done
-[[ -n $CONFIG ]] || die "--config (or VIT_SE_CONFIG) is required, e.g. --config=configs/sfew.py"
-[[ -n $WORKDIR ]] || die "--workdir (or VIT_SE_WORKDIR) is required, e.g. --workdir=/shared/runs/sfew"
+module_argv "$MODULE"
+if [[ ${MODULE_ARGV[*]} != *cross_dataset ]]; then
+  [[ -n $CONFIG || (${MODULE_ARGV[*]} == *kfold && " ${EXTRA[*]} " == *" --aggregate_only "*) ]] ||
+    die "--config (or VIT_SE_CONFIG) is required, e.g. --config=configs/sfew.py"
+  [[ -n $WORKDIR ]] || die "--workdir (or VIT_SE_WORKDIR) is required, e.g. --workdir=/shared/runs/sfew"
+fi
+# Only vit_se.main starts JAX's multi-process runtime (its --coordinator_address flags): the other
+# modules would run as independent processes on the same workdir.
+MULTI_PROCESS=0
+[[ ${MODULE_ARGV[*]} != "-m vit_se.main" ]] || MULTI_PROCESS=1
+if ((!MULTI_PROCESS && ${#HOSTS[@]} > 1)); then
+  die "--module=$MODULE runs on one host (only vit_se.main starts JAX's multi-process runtime): give one host"
+fi
 [[ $PORT =~ ^[1-9][0-9]*$ ]] || die "--port must be a number"
 [[ -z $GPUS || $GPUS =~ ^[1-9][0-9]*$ ]] || die "--gpus-per-node must be a positive integer"
 if ((${#HOSTS[@]} > 1)) && [[ $WORKDIR != /* && $WORKDIR != gs://* ]]; then
@@ -143,10 +164,17 @@ remote_command() {
   cmd="cd $(quote "$REMOTE_DIR")"
   [[ -z $VENV ]] || cmd+=" && . $(quote "$VENV/bin/activate")"
   cmd+=" && echo \$\$ > /tmp/vit_se_${PORT}_$i.pid && exec env PYTHONUNBUFFERED=1"
-  [[ -z $GPUS ]] || cmd+=" JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((GPUS - 1)))"
-  cmd+=" $(quote_all "$PYTHON" -m vit_se.main "--config=$CONFIG" "--workdir=$WORKDIR" \
-    "--coordinator_address=$COORDINATOR:$PORT" "--num_processes=$NUM" "--process_id=$i" \
-    "${EXTRA[@]}")"
+  # JAX_LOCAL_DEVICE_IDS is read by jax.distributed.initialize, which only vit_se.main calls.
+  if [[ -n $GPUS ]]; then
+    if ((MULTI_PROCESS)); then cmd+=" JAX_LOCAL_DEVICE_IDS="; else cmd+=" CUDA_VISIBLE_DEVICES="; fi
+    cmd+=$(seq -s, 0 $((GPUS - 1)))
+  fi
+  local argv=("$PYTHON" "${MODULE_ARGV[@]}")
+  [[ -z $CONFIG ]] || argv+=("--config=$CONFIG")
+  [[ -z $WORKDIR ]] || argv+=("--workdir=$WORKDIR")
+  ((!MULTI_PROCESS)) ||
+    argv+=("--coordinator_address=$COORDINATOR:$PORT" "--num_processes=$NUM" "--process_id=$i")
+  cmd+=" $(quote_all "${argv[@]}" "${EXTRA[@]}")"
   printf '%s' "$cmd"
 }
 
@@ -154,7 +182,11 @@ ssh_command() { # i -> the ssh argv in SSH_ARGV
   SSH_ARGV=(ssh "${SSH_OPTS[@]}" -n "${HOSTS[$1]}" "$(remote_command "$1")")
 }
 
-note "$NUM hosts x ${GPUS:-all} GPUs, $NUM processes, coordinator $COORDINATOR:$PORT"
+if ((MULTI_PROCESS)); then
+  note "$NUM hosts x ${GPUS:-all} GPUs, $NUM processes, coordinator $COORDINATOR:$PORT"
+else
+  note "1 host x ${GPUS:-all} GPUs, 1 process: $PYTHON ${MODULE_ARGV[*]}"
+fi
 if ((DRY_RUN)); then
   for ((i = 0; i < NUM; i++)); do
     ssh_command "$i"

@@ -193,14 +193,8 @@ esac
 [[ -n $NAME ]] || die "--name (or TPU_NAME) must not be empty"
 [[ -z $WORKERS || $WORKERS =~ ^[1-9][0-9]*$ ]] || die "--workers must be a positive integer"
 
-# The module run starts: python -m MODULE_ARGV.
-case ${MODULE#vit_se.} in
-  main) MODULE_ARGV=(-m vit_se.main) ;;
-  kfold) MODULE_ARGV=(-m vit_se.kfold) ;;
-  ablation | experiments.ablation) MODULE_ARGV=(-m vit_se.experiments ablation) ;;
-  cross_dataset | experiments.cross_dataset) MODULE_ARGV=(-m vit_se.experiments cross_dataset) ;;
-  *) die "unknown --module '$MODULE' (main, kfold, ablation, cross_dataset)" ;;
-esac
+# The module run starts: python MODULE_ARGV.
+module_argv "$MODULE"
 
 GCLOUD_TPU=(gcloud compute tpus tpu-vm)
 LOCATION=("--zone=$ZONE")

@@ -72,6 +72,30 @@ def test_help_lists_the_flags_the_command_uses(module):
 
 
 @pytest.mark.parametrize(
+    "command, doc, command_flags",
+    [
+        (
+            "ablation",
+            "The SE ablation: ViT vs ViT+SE",
+            ["config", "workdir", "intermediate_config", "folds", "seeds", "select", "variants"],
+        ),
+        (
+            "cross_dataset",
+            "The cross-database matrix",
+            ["workdirs", "datasets", "out", "params", "data_dir", "manual_dirs"],
+        ),
+    ],
+)
+def test_experiments_command_help_is_the_commands_own(command, doc, command_flags):
+    # absl's --help exits with status 1 for every absl command; the text is what is checked.
+    r = _command("experiments", command, "--help")
+    assert r.stdout.startswith(doc), r.stdout[:500] + r.stderr[-2000:]
+    missing = sorted(set(command_flags) - _listed_flags(r.stdout))
+    assert not missing, f"experiments {command} --help lacks {missing}:\n{r.stdout[-3000:]}"
+    assert "usage: python -m vit_se.experiments" not in r.stdout + r.stderr  # not the dispatcher
+
+
+@pytest.mark.parametrize(
     "module, args",
     [
         ("predict", ["--workdir=/nonexistent/run", "a.png"]),

@@ -132,7 +132,7 @@ def test_cutout_fills_a_square_with_grey():
     assert np.all(image[~grey] == 1.0)
 
 
-def _eval(builder, split, local_batch, face_crop=False, size=32):
+def _eval(builder, split, local_batch, face_crop="none", size=32):
     return input_pipeline.eval_dataset(
         builder, split, local_batch, image_size=size, eval_resize=size, face_crop=face_crop
     )
@@ -220,8 +220,8 @@ def astronaut_builder(tmp_path_factory):
 def test_face_crop_in_the_pipeline_crops_the_face(astronaut_builder):
     from vit_se.datasets import common as data_common
 
-    (raw,) = _take(_eval(astronaut_builder, "test", 2, face_crop=False).dataset, 1)
-    (cropped,) = _take(_eval(astronaut_builder, "test", 2, face_crop=True).dataset, 1)
+    (raw,) = _take(_eval(astronaut_builder, "test", 2, face_crop="none").dataset, 1)
+    (cropped,) = _take(_eval(astronaut_builder, "test", 2, face_crop="haar").dataset, 1)
     photo = next(iter(tfds.as_numpy(astronaut_builder.as_dataset(split="test"))))["image"]
     face, found = data_common.face_crop(photo)
     assert found and face.shape[0] < photo.shape[0] / 2  # a face, not the whole picture

@@ -181,6 +181,7 @@ def _documented(help_text):
                 "--time",
                 "--config",
                 "--workdir",
+                "--module",
                 "--port",
                 "--venv",
                 "--dry-run",
@@ -194,6 +195,7 @@ def _documented(help_text):
                 "--gpus-per-node",
                 "--config",
                 "--workdir",
+                "--module",
                 "--remote_dir",
                 "--venv",
                 "--port",
@@ -1035,6 +1037,145 @@ def test_tpu_stop_stops_every_module(stubs):
     ):
         assert re.search(pattern, line), line
     assert not re.search(pattern, f'pkill -INT -f "{pattern}"')  # not the pkill itself
+
+
+OTHER_MODULES = [
+    ("kfold", ["-m", "vit_se.kfold"]),
+    ("vit_se.kfold", ["-m", "vit_se.kfold"]),
+    ("ablation", ["-m", "vit_se.experiments", "ablation"]),
+    ("experiments.ablation", ["-m", "vit_se.experiments", "ablation"]),
+]
+CK = ["--config=configs/ck_plus.py", "--workdir=/shared/ck"]
+
+
+@pytest.mark.parametrize("module, argv", OTHER_MODULES)
+def test_ssh_runs_other_modules_on_one_host(module, argv, stubs):
+    env, calls = stubs
+    out = dry_run(
+        SSH,
+        "--hosts=gpu01",
+        "--gpus-per-node=2",
+        f"--module={module}",
+        *CK,
+        "--",
+        "--folds=0,1",
+        env=env,
+        calls=calls,
+    )
+    (ssh,) = commands(out)
+    remote = ssh[5]
+    assert remote.endswith(shlex.join(["python3", *argv, *CK, "--folds=0,1"])), remote
+    # No jax.distributed.initialize in these modules: the GPUs are chosen by CUDA, not JAX.
+    assert "CUDA_VISIBLE_DEVICES=0,1" in remote and "JAX_LOCAL_DEVICE_IDS" not in remote
+    assert "--coordinator_address" not in remote
+
+
+@pytest.mark.parametrize("module, argv", OTHER_MODULES)
+def test_slurm_runs_other_modules_on_one_node(module, argv, stubs):
+    env, calls = stubs
+    out = dry_run(
+        SLURM,
+        "--gpus-per-node=4",
+        f"--module={module}",
+        *CK,
+        "--config.seed=1",
+        "--",
+        "--folds=0,1",
+        env=env,
+        calls=calls,
+    )
+    sbatch, export, srun = commands(out)
+    assert sbatch[:3] == ["sbatch", "--nodes=1", "--gpus-per-node=4"]
+    # The job parses its arguments again: what came after -- stays after --.
+    assert sbatch[sbatch.index(str(SLURM)) + 1 :] == [
+        *CK,
+        f"--module={module}",
+        "--config.seed=1",
+        "--",
+        "--folds=0,1",
+    ]
+    assert export == ["export", "PYTHONUNBUFFERED=1"]
+    assert srun[:2] == ["srun", "--nodes=1"]
+    assert srun[srun.index("python") :] == ["python", *argv, *CK, "--config.seed=1", "--folds=0,1"]
+
+
+def test_slurm_job_runs_another_module_on_one_node_only(stubs, tmp_path):
+    env, _ = stubs
+    fake = tmp_path / "job_bin"
+    fake.mkdir()
+    record = tmp_path / "srun.json"
+    _write_exe(fake / "scontrol", "#!/bin/sh\necho gpu07\n")
+    _write_exe(
+        fake / "srun",
+        "#!/usr/bin/env python3\nimport json, os, sys\n"
+        "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, "
+        f"open({str(record)!r}, 'w'))\n",
+    )
+    env = dict(
+        env,
+        PATH=f"{fake}{os.pathsep}{env['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_JOB_NODELIST="gpu07",
+        SLURM_GPUS_PER_NODE="2",
+    )
+    run(SLURM, "--module=ablation", *CK, "--", "--seeds=0,1", env=env)
+    got = json.loads(record.read_text())
+    assert got["argv"][got["argv"].index("python") :] == [
+        "python",
+        "-m",
+        "vit_se.experiments",
+        "ablation",
+        *CK,
+        "--seeds=0,1",
+    ]
+    assert "JAX_COORDINATOR_ADDRESS" not in got["env"]
+    # The file's own #SBATCH --nodes=2, submitted with plain sbatch: refused before srun.
+    record.unlink()
+    proc = run(SLURM, "--module=kfold", *CK, env=dict(env, SLURM_JOB_NUM_NODES="2"), check=False)
+    assert proc.returncode == 2 and "--module=kfold runs on one node" in proc.stderr
+    assert not record.exists()
+
+
+@pytest.mark.parametrize("script", [SSH, SLURM], ids=lambda p: p.name)
+def test_gpu_launchers_cross_dataset_aggregate_and_refusals(script, stubs):
+    env, calls = stubs
+    where = ["--hosts=gpu01"] if script == SSH else []
+    python = "python3" if script == SSH else "python"
+    out = dry_run(
+        script,
+        *where,
+        "--module=cross_dataset",
+        "--",
+        "--workdirs=raf=/w/raf",
+        "--datasets=sfew",
+        "--out=/w/x",
+        env=env,
+        calls=calls,
+    )
+    expected = f"{python} -m vit_se.experiments cross_dataset --workdirs=raf=/w/raf "
+    assert expected + "--datasets=sfew --out=/w/x" in out
+    # kfold --aggregate_only needs no config.
+    out = dry_run(
+        script,
+        *where,
+        "--module=kfold",
+        "--workdir=/w/ck",
+        "--",
+        "--aggregate_only",
+        env=env,
+        calls=calls,
+    )
+    assert f"{python} -m vit_se.kfold --workdir=/w/ck --aggregate_only" in out
+    many = ["--hosts=gpu01,gpu02"] if script == SSH else ["--nodes=2"]
+    for args, message in [
+        ([*many, "--module=ablation", *CK], "--module=ablation runs on one "),
+        ([*where, "--module=kfold", "--workdir=/w"], "--config"),
+        ([*where, "--module=train", *CK], "unknown --module 'train'"),
+    ]:
+        proc = run(script, "--dry-run", *args, env=env, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+    assert not calls.exists()
 
 
 def test_slurm_job_finds_the_helpers_from_slurms_copy(stubs, tmp_path):

@@ -123,6 +123,22 @@ def test_resize_to_is_in_pixels_and_recorded(tmp_path):
         config_checks.check_values(config)
 
 
+def test_a_manual_dir_that_is_not_a_folder_is_one_line_naming_the_field(tmp_path):
+    config = raf_db.get_config()
+    config.manual_dir = str(tmp_path / "nowhere")
+    assert not config.fake_data.enabled  # the demo writes its own manual_dir; a user's must exist
+    with pytest.raises(config_checks.ConfigError) as e:
+        config_checks.check_paths(config)
+    (line,) = str(e.value).splitlines()
+    assert line.startswith(f"config.manual_dir: {tmp_path / 'nowhere'} is not a folder"), line
+    (tmp_path / "nowhere").write_text("a file, not the downloads")
+    with pytest.raises(config_checks.ConfigError, match=r"^config\.manual_dir: .* is not a folder"):
+        config_checks.check_paths(config)
+    (tmp_path / "downloads").mkdir()
+    config.manual_dir = str(tmp_path / "downloads")
+    config_checks.check_paths(config)  # a folder passes
+
+
 def test_warnings_for_random_init_a_profile_too_late_and_a_vanishing_rate():
     config = sfew.get_config()  # B/16, no checkpoint named
     config.profile_steps = 5

@@ -25,8 +25,9 @@ class Trained:
 
     def __init__(self, model, params, info: workdir.ExportInfo, source=None):
         self.model = model
-        # On the device once: host (numpy) parameters would be copied in again on every call
-        # (B/16: 330 MB per batch, and a second copy of the model in memory while it runs).
+        # On the device once: host (numpy) parameters would be copied in again on every call,
+        # the whole model per batch, with a second copy of it in memory while it runs
+        # (benchmarks/README.md, "What the CPU figures come from").
         self.params = jax.device_put(params)
         self.info = info
         self.source = source or {}
