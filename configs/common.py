@@ -85,6 +85,9 @@ def get_config():
     placeholder = ml_collections.config_dict.placeholder
     config = ml_collections.ConfigDict()
     config.seed = 0  # parameter init, shuffling, augmentation and dropout
+    # 'classify': ViT-SE on a labelled dataset; 'mae': masked-autoencoder pretraining of the
+    # backbone on unlabelled images (the `mae` fields below; configs/mae_faces.py).
+    config.task = "classify"
 
     # --- Data: tfds builders of vit_se.datasets.registry, tfds split strings.
 
@@ -182,6 +185,33 @@ def get_config():
     config.keep_checkpoints = 2  # newest checkpoints kept, besides the best
     config.selection_metric = "accuracy"  # on val_split; the best checkpoint is kept too
     config.profile_steps = 0  # > 0: capture a profiler trace of this many steps after step 10
+
+    # --- Masked-autoencoder pretraining (task 'mae'; vit_se.mae, configs/mae_faces.py).
+
+    config.mae = ml_collections.ConfigDict()
+    config.mae.mask_ratio = 0.75  # fraction of patches hidden from the encoder, drawn per example
+    # The light decoder: width, blocks, heads (He et al.: 512 x 8 with 16 heads for B/16; the
+    # default is the encoder's row of model_configs.MAE_DECODERS).
+    config.mae.decoder_width = placeholder(int)
+    config.mae.decoder_depth = placeholder(int)  # decoder blocks; unset: MAE_DECODERS
+    config.mae.decoder_heads = placeholder(int)  # decoder attention heads; unset: MAE_DECODERS
+    config.mae.decoder_mlp_dim = placeholder(int)  # decoder MLP width; unset: 4 x decoder_width
+    config.mae.norm_pix_loss = True  # targets: each patch's pixels normalised by its own mean/std
+    # Unlabelled sources: builders' splits, 'NAME[/CONFIG][:SPLIT][@FACE_CROP],...' (labels
+    # ignored; only train splits unless allow_test_splits).
+    config.mae.datasets = ""
+    config.mae.folder = placeholder(str)  # a plain folder of face images (searched recursively)
+    config.mae.folder_face_crop = "none"  # the folder's face crop: 'none', 'haar', 'aligned'
+    # One sub-folder per dataset named as its builder ($HOME/fer/raf_db, ...): the manual_dir of
+    # each source builder not prepared in data_dir yet.
+    config.mae.manual_root = placeholder(str)
+    config.mae.allow_test_splits = False  # let mae.datasets name a split other than train
+    config.mae.holdout_every = 20  # every n-th image of each source is held out (val/loss)
+    config.mae.figure_faces = 6  # held-out faces in the reconstruction figure of each evaluation
+    # Peak learning rate = base_learning_rate x batch_size / 256 (He et al.'s rule); AdamW with
+    # beta2 0.95, warmup then cosine. learning_rate and schedule are not read for task 'mae'.
+    config.mae.base_learning_rate = 1.5e-4
+    config.mae.b2 = 0.95  # AdamW's second-moment decay for pretraining
     return config
 
 

@@ -22,7 +22,8 @@ def _load(name):
 
 def test_every_config_file_is_tested():
     files = {f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")}
-    assert files - {"__init__", "common"} == set(CONFIGS)
+    # The pretraining configs (task mae) are checked by tests/test_mae_train.py.
+    assert files - {"__init__", "common", "mae_faces", "mae_demo"} == set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -133,3 +134,18 @@ def test_a_missing_config_file_is_one_line(tmp_path):
         + os.path.join(os.path.dirname(common.__file__), "nothing.py")
         + " among the installed configs)"
     ]
+
+
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "demo"])
+def test_cpu_recipe_is_a_small_vit_se_at_48_px(name, tmp_path):
+    # configs/common.py's recipe=cpu: the from-scratch ViT-SE that learns on two CPU cores.
+    config = _load(name).get_config("recipe=cpu")
+    model = config.model
+    assert model.use_se and (model.hidden_size, model.patches.size) == (64, (6, 6))
+    assert (model.transformer.num_layers, model.transformer.num_heads) == (6, 4)
+    assert model.transformer.mlp_dim == 256 and config.pretrained_path is None
+    assert (config.image_size, config.batch_size) == (48, 128)
+    assert (config.optimizer, config.schedule, config.num_train_steps) == ("adamw", "cosine", 3000)
+    assert config.dataset == _load(name).get_config().dataset  # only the recipe changed
+    config.lock()
+    config_checks.prepare(config, str(tmp_path))

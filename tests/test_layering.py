@@ -41,14 +41,18 @@ LAYERS = [
     ],
     # Finding, sniffing and reading images and videos: for the builders below and the commands.
     ["datasets.synthetic_faces", "media"],
+    # The unlabelled sources a pretraining config names (pure Python: config checks read them).
+    ["mae_sources"],
     # Dataset builders (each vit_se.datasets.<name> package) and the training configs.
     ["datasets.*", "configs"],
     # The model and its checkpoints.
     ["cpu_lean"],
     ["models"],
-    ["checkpoint"],
+    ["checkpoint", "mae"],
     # Steps, data and the pieces every evaluator shares.
-    ["train_step", "eval_step", "input_pipeline"],
+    ["train_step", "eval_step", "input_pipeline", "mae_checkpoint"],
+    # The masked autoencoder's train and eval steps, on the classifier's state and shardings.
+    ["mae_step"],
     [
         "config_checks",
         "train_setup",
@@ -58,6 +62,7 @@ LAYERS = [
         "preemption",
         "run_lock",
         "tracking",
+        "unlabelled",
     ],
     # The trainer's programs compiled for a TPU slice (vit_se.main --compile_for).
     ["preflight"],
@@ -65,6 +70,8 @@ LAYERS = [
     ["annotate"],
     ["seeds"],
     ["state_checkpoints"],
+    # Masked-autoencoder pretraining's data, evaluation, figures and export, for the trainer.
+    ["pretraining"],
     # The trainer; a trained model back from disk; each export format, written and read back.
     ["train", "inference", "export_tf", "export_onnx", "export_safetensors"],
     # The command layer; the aggregate over folds. Nothing below it imports cli.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vit_se import preflight, tpu_slices
+from vit_se import config_checks, preflight, tpu_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -162,11 +162,11 @@ def test_forward_flops_of_b16_match_the_published_count():
 def test_no_module_reads_the_default_backend_where_the_target_matters():
     """Every platform decision takes the platform compiled for; these are the reads left, each
     where the program runs on the machine that builds it."""
-    # models.py: resolve_impl(backend=None), for a model run where it is built (inference,
-    # export, analyze; the trainer and the preflight pass the mesh's platform), and
-    # _attention_impl's two, for attention_impl='cudnn' off a GPU (a TPU target gets 'xla'
-    # either way).
-    allowed = {"models.py": 3}
+    # models.py: resolve_impl(backend=None) and resolve_attention_impl(backend=None), for a model
+    # run where it is built (inference, export, analyze; the trainer, the preflight and the
+    # masked autoencoder pass the mesh's platform); attention_impl='cudnn' off a GPU gives 'xla'
+    # either way.
+    allowed = {"models.py": 2}
     found = {}
     for path in sorted((ROOT / "vit_se").rglob("*.py")):
         n = len(re.findall(r"default_backend\(", path.read_text()))
@@ -260,6 +260,28 @@ def test_no_decision_reads_the_default_backend(monkeypatch):
     report = preflight.run(config, tpu_slices.parse("v5e-4"))
     assert report.impl == "plain"
     assert options and not any(o for o in options), options
+
+
+@needs_libtpu
+def test_a_pretraining_config_compiles_for_a_slice(tmp_path):
+    """Task 'mae': the masked autoencoder's train and eval steps and initialiser, compiled for
+    TPU with the classifier's shardings (fsdp divides its state as it divides a classifier's)."""
+    from vit_se.configs import mae_faces
+
+    reports = {}
+    for mode in ("replicate", "fsdp"):
+        config = mae_faces.get_config("variant=tiny/8")
+        config.image_size, config.batch_size, config.eval_batch_size = 32, 16, 16
+        config.param_sharding, config.fsdp_min_size = mode, 256
+        config_checks.check_values(config)
+        reports[mode] = preflight.run(config_checks.resolve(config), tpu_slices.parse("v5e-4"))
+        report = reports[mode]
+        assert report.impl == "plain"
+        assert set(report.programs) == {"train step", "eval step", "initialiser"}
+        for p in report.programs.values():
+            assert p.refused is None and p.memory is not None and p.flops, p.name
+        assert preflight.verdict(config, report) is None
+    assert reports["replicate"].state / reports["fsdp"].state == pytest.approx(4, rel=0.1)
 
 
 def _main(*args, cwd=None):

@@ -5,12 +5,18 @@ imported; the modules that act on a field (optim, input_pipeline, train_step, sh
 trust what they are given.
 """
 
+# config.task: 'classify' trains ViT-SE on a labelled builder; 'mae' pretrains its backbone as a
+# masked autoencoder on unlabelled images (vit_se.mae, configs/mae_faces.py).
+TASKS = ("classify", "mae")
 CROPS = ("random_resized", "five_crop", "none")  # config.augment.crop
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "step", "constant")
 PARAM_SHARDINGS = ("replicate", "fsdp")
 # Ranked with best_mode='max' by orbax: metrics where higher is better.
 SELECTION_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
+# task 'mae' selects on the held-out reconstruction loss, where lower is better.
+MAE_SELECTION_METRICS = ("loss",)
+LOWER_IS_BETTER = ("loss",)
 NONFINITE_MODES = ("stop", "skip_step")
 # config.face_crop (and every command's --face_crop): vit_se.datasets.faces says what each does.
 FACE_CROPS = ("none", "haar", "aligned")

@@ -27,7 +27,8 @@ import os
 import re
 import zipfile
 
-from vit_se import choices, model_configs, workdir
+from vit_se import choices, mae_sources, model_configs, workdir
+from vit_se.configs import common
 from vit_se.datasets import registry
 from vit_se.errors import Error
 
@@ -143,6 +144,35 @@ def _between(config, field, low, high, high_open=False):
 def check_values(config):
     """Every field that can be checked without JAX, TensorFlow or the dataset (see the module
     docstring); raises ConfigError. `config` may be resolved or not."""
+    _choice(config, "task", choices.TASKS)
+    if config.task == "mae":
+        _check_mae(config)
+    else:
+        _check_labelled_data(config)
+    _check_model(config)
+    _check_augment(config)
+    _check_optimisation(config)
+    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        _at_least(config, field, 1)
+    for field in ("eval_batch_size", "shuffle_buffer", "max_consecutive_skips"):
+        _at_least(config, field, 1)
+    for field in ("prefetch", "profile_steps", "fsdp_min_size", "cache_max_bytes"):
+        _at_least(config, field, 0)
+    _choice(config, "param_sharding", choices.PARAM_SHARDINGS)
+    try:
+        re.compile(config.fsdp_pattern)
+    except re.error as e:
+        raise ConfigError(
+            f"config.fsdp_pattern {config.fsdp_pattern!r}: not a regex ({e})"
+        ) from None
+    _choice(config, "on_nonfinite", choices.NONFINITE_MODES)
+    try:
+        choices.face_crop_mode(config.face_crop)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_labelled_data(config):
     if config.dataset not in registry.NAMES:
         raise ConfigError(
             f"config.dataset: unknown dataset {config.dataset!r}; expected one of "
@@ -162,27 +192,56 @@ def check_values(config):
             f"config.num_classes {config.num_classes}; expected 7 (the canonical classes) or 8 "
             "(with contempt)"
         )
-    _check_model(config)
-    _check_augment(config)
-    _check_optimisation(config)
-    for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        _at_least(config, field, 1)
-    for field in ("eval_batch_size", "shuffle_buffer", "max_consecutive_skips"):
-        _at_least(config, field, 1)
-    for field in ("prefetch", "profile_steps", "fsdp_min_size", "cache_max_bytes"):
-        _at_least(config, field, 0)
-    _choice(config, "param_sharding", choices.PARAM_SHARDINGS)
-    try:
-        re.compile(config.fsdp_pattern)
-    except re.error as e:
-        raise ConfigError(
-            f"config.fsdp_pattern {config.fsdp_pattern!r}: not a regex ({e})"
-        ) from None
     _choice(config, "selection_metric", choices.SELECTION_METRICS)
-    _choice(config, "on_nonfinite", choices.NONFINITE_MODES)
+
+
+def _check_mae(config):
+    """Task 'mae': the mask, the decoder and the unlabelled sources (names, face crops, no test
+    split unless allowed); the dataset fields only name the demo's fake data, if any."""
+    m = config.mae
+    if config.fake_data.enabled and config.dataset not in registry.NAMES:
+        raise ConfigError(
+            f"config.dataset: {config.dataset!r} names the fake layout to write; expected one of "
+            f"{', '.join(registry.NAMES)}"
+        )
+    patch = tuple(config.model.patches.size)
+    if len(patch) == 2 and min(patch) >= 1 and patch[0] != patch[1]:
+        raise ConfigError(f"config.model.patches.size {patch} must be square for MAE")
+    if len(patch) == 2 and min(patch) >= 1 and config.image_size >= patch[0]:
+        patches = (config.image_size // patch[0]) ** 2
+        try:
+            model_configs.num_visible(patches, m.mask_ratio)
+        except ValueError as e:
+            raise ConfigError(f"config.mae.mask_ratio: {e}") from None
+    for field in ("decoder_width", "decoder_depth", "decoder_heads", "decoder_mlp_dim"):
+        if m[field] is not None and m[field] < 1:
+            raise ConfigError(f"config.mae.{field} {m[field]} must be a positive integer")
+    if config.model.hidden_size >= 1 and config.model.transformer.num_heads >= 1:
+        width, _, heads = model_configs.mae_decoder(config.model)
+        width, heads = m.decoder_width or width, m.decoder_heads or heads
+        if width % heads:
+            raise ConfigError(
+                f"config.mae.decoder_heads {heads} does not divide config.mae.decoder_width {width}"
+            )
+        if width % 4:
+            raise ConfigError(
+                f"config.mae.decoder_width {width} must be a multiple of 4 (its sin-cos position "
+                "embedding)"
+            )
+    _at_least(config, "mae.holdout_every", 1)
+    _at_least(config, "mae.figure_faces", 0)
+    if not m.base_learning_rate > 0:
+        raise ConfigError(f"config.mae.base_learning_rate {m.base_learning_rate} must be positive")
+    _between(config, "mae.b2", 0.0, 1.0, high_open=True)
+    _choice(config, "selection_metric", choices.MAE_SELECTION_METRICS)
+    if config.accum_steps != 1:
+        raise ConfigError(
+            f"config.accum_steps {config.accum_steps}: MAE pretraining takes whole batches "
+            "(accum_steps 1); lower batch_size or use param_sharding=fsdp / model.remat_policy"
+        )
     try:
-        choices.face_crop_mode(config.face_crop)
-    except ValueError as e:
+        mae_sources.from_config(m)
+    except mae_sources.UnlabelledError as e:
         raise ConfigError(str(e)) from None
 
 
@@ -297,13 +356,25 @@ def check_paths(config):
                 "expected an official vit_jax / big_vision checkpoint or a vit_se export"
             )
     if config.init_from:
-        path = os.path.join(config.init_from, workdir.PARAMS)
+        path = workdir.run_weights(config.init_from)
         if not workdir.exists(path):
             raise ConfigError(
-                f"config.init_from: {path} does not exist; expected the workdir of a finished run"
+                f"config.init_from: {path} does not exist; expected the workdir of a finished run "
+                f"(its {workdir.PARAMS}, or a pretraining run's {workdir.ENCODER})"
             )
+    if config.task == "mae":
+        for field in ("folder", "manual_root"):
+            path = config.mae[field]
+            if path and not workdir.isdir(path):
+                raise ConfigError(f"config.mae.{field}: {path} is not a folder")
     # The demo writes its own files there; any other manual_dir holds the user's downloads.
-    if config.manual_dir and not config.fake_data.enabled and not workdir.isdir(config.manual_dir):
+    labelled = config.task != "mae"
+    if (
+        labelled
+        and config.manual_dir
+        and not config.fake_data.enabled
+        and not workdir.isdir(config.manual_dir)
+    ):
         raise ConfigError(
             f"config.manual_dir: {config.manual_dir} is not a folder; expected the folder of "
             f"the downloaded {config.dataset} files (README, 'Preparing the datasets')"
@@ -342,7 +413,7 @@ def prepare(config, run_dir, device_count=_jax_device_count):
     """
     check_values(config)  # first: pure Python (resolving a k-fold config imports its builder)
     config = resolve(config, run_dir)
-    names = registry.config_names(config.dataset)
+    names = registry.config_names(config.dataset) if config.dataset in registry.NAMES else ()
     if config.dataset_config is not None and config.dataset_config not in names:
         raise ConfigError(
             f"config.dataset_config: {config.dataset_config!r} is not a config of "
@@ -377,6 +448,9 @@ def differences(saved, config, also_ignore=()):
     new = config if isinstance(config, dict) else config.to_dict()
     a = {k: v for k, v in flat(saved).items() if not _ignored(k, ignore)}
     b = {k: v for k, v in flat(new).items() if not _ignored(k, ignore)}
+    # A field a run's config.json lacks came later: that run had its default behaviour.
+    defaults = flat(common.get_config().to_dict())
+    a.update({k: defaults[k] for k in b.keys() - a.keys() if k in defaults})
     return [
         f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
         for k in sorted(set(a) | set(b))
@@ -386,8 +460,9 @@ def differences(saved, config, also_ignore=()):
 
 def has_run(run_dir):
     """Whether the workdir holds checkpoints or an export of a run."""
-    return bool(workdir.checkpoint_steps(run_dir)) or workdir.exists(
-        os.path.join(run_dir, workdir.EXPORT_INFO)
+    return bool(workdir.checkpoint_steps(run_dir)) or any(
+        workdir.exists(os.path.join(run_dir, name))
+        for name in (workdir.EXPORT_INFO, workdir.PRETRAINING_INFO)
     )
 
 
@@ -410,7 +485,13 @@ def warnings(config, total_steps, steps_per_epoch):
     """Lines worth a warning: the run can go ahead, but probably not as its author meant."""
     out = []
     m = config.model
-    if not config.pretrained_path and not config.init_from and m.hidden_size > 64:
+    pretraining = config.task == "mae"  # from random weights is what pretraining is for
+    if (
+        not pretraining
+        and not config.pretrained_path
+        and not config.init_from
+        and m.hidden_size > 64
+    ):
         out.append(
             f"config.model ViT-{m.name} (width {m.hidden_size}) starts from random weights: "
             "FER databases are far too small to train it from scratch; set "

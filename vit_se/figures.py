@@ -1,4 +1,5 @@
-"""Every picture vit_se draws: attention overlays, Grad-CAM summaries, SE bars, confusion matrices.
+"""Every picture vit_se draws: attention overlays, Grad-CAM summaries, SE bars, confusion matrices,
+masked-autoencoder reconstructions.
 
 Drawing only; the numbers come from `vit_se.attention` and `vit_se.metrics`. Files are written
 whole or not at all (`workdir.write_bytes`), locally or to `gs://`. matplotlib runs on its Agg
@@ -199,6 +200,41 @@ def save_confusion_png(confusion, class_names, path, title=""):
                 )
     if title:
         ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    workdir.write_bytes(path, buf.getvalue())
+    return image
+
+
+def save_reconstruction_png(images, masked, reconstructed, path, title=""):
+    """Masked-autoencoder reconstructions, one face per row: input | masked input |
+    reconstruction (`vit_se.mae.reconstruction`); all [n, H, W, 3] in [-1, 1].
+
+    Drawn pixel for pixel (nearest), so the patch grid stays visible. Written as a PNG; returns
+    the figure as uint8 RGB [H, W, 3], which a clu writer logs with
+    `write_images(step, {"reconstruction": image[None]})`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = (("input", images), ("masked", masked), ("reconstruction", reconstructed))
+    n = len(images)
+    fig = Figure(figsize=(3 * 1.6, n * 1.6 + (0.3 if title else 0.0)), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 3, squeeze=False)
+    for row in range(n):
+        for col, (name, arrays) in enumerate(columns):
+            ax = axes[row, col]
+            ax.imshow(to_display(arrays[row]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     canvas.draw()
     image = np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -112,6 +112,11 @@ def main(argv):
         return
     if not FLAGS.workdir:
         raise cli.CommandError("--workdir is required (or --compile_for=SLICE to only compile)")
+    if FLAGS.seeds and FLAGS.config.get("task") == "mae":
+        raise cli.CommandError(
+            "--seeds compares fine-tunes: pretrain once, then fine-tune from it with --seeds "
+            "(README, 'Face-domain pretraining')"
+        )
     if FLAGS.seeds:
         runs = [
             (workdir.seed_dir(FLAGS.workdir, seed), seeds.with_seed(FLAGS.config, seed))
@@ -133,7 +138,8 @@ def main(argv):
     before = _exported_step(run_dir)
     train.train_and_evaluate(config, run_dir)
     if jax.process_index() == 0:
-        print(summary(run_dir, time.time() - start, before))
+        report = pretraining_summary if config.task == "mae" else summary
+        print(report(run_dir, time.time() - start, before))
 
 
 def _preflight():
@@ -154,10 +160,43 @@ def _preflight():
 
 
 def _exported_step(run_dir):
-    """The step of the run's export.json, or None (nothing exported yet)."""
+    """The step of the run's export.json (or pretraining.json), or None (nothing exported yet)."""
+    pretrained = os.path.join(run_dir, workdir.PRETRAINING_INFO)
+    if workdir.exists(pretrained):
+        return workdir.read_json(pretrained)["step"]
     if not workdir.exists(os.path.join(run_dir, workdir.EXPORT_INFO)):
         return None
     return workdir.read_export_info(run_dir).step
+
+
+def pretraining_summary(run_dir, seconds, exported_before=None):
+    """What a finished pretraining run reached, and how to fine-tune from it."""
+    info = workdir.read_json(os.path.join(run_dir, workdir.PRETRAINING_INFO))
+    if exported_before == info["step"]:
+        first = f"Already finished: pretraining in {run_dir} at step {info['step']}"
+    else:
+        first = (
+            f"Finished masked-autoencoder pretraining in {run_dir}: {info['step']} steps, "
+            f"{progress.duration(seconds)}"
+        )
+    final = info["metrics"]["val"]
+    lines = [
+        first,
+        f"  held-out reconstruction loss {final['loss']:.4f} at the final step "
+        f"({final['num_examples']} faces)",
+    ]
+    if info.get("best_step") is not None and info.get("best_metrics"):
+        best = info["best_metrics"]["val"]["loss"]
+        lines.append(f"  lowest held-out loss {best:.4f} at step {info['best_step']}")
+    encoder = os.path.join(run_dir, workdir.ENCODER)
+    lines += [
+        f"  {workdir.ENCODER:<16} {encoder}  (the final step's backbone, official layout)",
+        f"  {workdir.RECONSTRUCTIONS + '/':<16} {os.path.join(run_dir, workdir.RECONSTRUCTIONS)}",
+        f"  {'TensorBoard':<16} tensorboard --logdir {run_dir}",
+        f"  fine-tune from it: --config.init_from={run_dir} "
+        f"(or --config.pretrained_path={encoder})",
+    ]
+    return "\n".join(lines)
 
 
 def summary(run_dir, seconds, exported_before=None):

@@ -9,6 +9,7 @@ config can embed one as `config.model` and override any field from the command l
 (`--config.model.scan=True`). `variant_name` tells which named variant a config's widths are.
 """
 
+import math
 import re
 
 import ml_collections
@@ -31,6 +32,18 @@ VARIANTS = {
     "tiny/4": (32, 2, 2, 64, 4),
     # From scratch on two CPU cores at 48 px (configs' recipe=cpu); not an official width.
     "cpu/6": (64, 6, 4, 256, 6),
+}
+
+# Masked-autoencoder decoders (width, blocks, heads) by encoder variant: He et al.'s 512 x 8
+# blocks with 16 heads from B up, scaled down with the encoder below it so that the decoder
+# stays light (`mae_decoder` derives one for other widths).
+MAE_DECODERS = {
+    "Ti/16": (128, 4, 4),
+    "S/16": (256, 4, 8),
+    "M/16": (256, 4, 8),
+    "tiny/8": (32, 2, 2),
+    "tiny/4": (16, 1, 2),
+    "cpu/6": (32, 2, 4),
 }
 
 
@@ -83,6 +96,41 @@ def get_config(name="B/16", *, use_se=True, se_reduction=4, representation_size=
     config.scan = False  # nn.scan over blocks; parameters stacked as big_vision's scan=True
     config.remat_policy = "none"  # 'none', 'full' (recompute each block), 'save_dots'
     return config
+
+
+def mae_decoder(model_config):
+    """(width, blocks, heads) of the MAE decoder for an encoder config: MAE_DECODERS, He et al.'s
+    512 x 8 x 16 for the wide variants, else half the encoder's width (a multiple of 4, at most
+    512), a third of its depth (1 to 8) and the most of its heads that divide that width."""
+    name = variant_name(model_config)
+    if name in MAE_DECODERS:
+        return MAE_DECODERS[name]
+    hidden = int(model_config.hidden_size)
+    if hidden >= 768:
+        return (512, 8, 16)
+    width = max(4, min(512, hidden // 2) // 4 * 4)
+    depth = min(8, max(1, int(model_config.transformer.num_layers) // 3))
+    heads = max(h for h in range(1, int(model_config.transformer.num_heads) + 1) if width % h == 0)
+    return (width, depth, heads)
+
+
+def num_visible(num_patches, mask_ratio):
+    """Patches an MAE encoder sees: floor(num_patches x (1 - mask_ratio)), as the paper's code.
+
+    Pure Python, so configs are checked before JAX loads. Raises ValueError (no field named) for
+    a ratio outside (0, 1) or one that leaves no visible patch.
+    """
+    ratio = float(mask_ratio)
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"{mask_ratio!r} must lie strictly between 0 and 1")
+    # 1e-9: 1 - 0.9 is 0.09999999999999998, which must not floor 100 patches to 9 visible.
+    visible = int(math.floor(num_patches * (1.0 - ratio) + 1e-9))
+    if visible < 1:
+        raise ValueError(
+            f"{ratio} leaves no visible patch of {num_patches}; at most "
+            f"{1.0 - 1.0 / num_patches:.4f} at this image and patch size"
+        )
+    return visible
 
 
 def variant_of_dims(hidden, layers, heads, mlp, patch):

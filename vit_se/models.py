@@ -89,6 +89,21 @@ def resolve_impl(impl, attention_impl="xla", backend=None):
     return impl
 
 
+def resolve_attention_impl(attention_impl, backend=None):
+    """cuDNN attention where the backend (default: JAX's) is a GPU; 'xla' elsewhere, so that a
+    model trained with cuDNN attention still evaluates on a CPU (the values are the same)."""
+    if attention_impl != "cudnn":
+        return attention_impl
+    backend = backend or jax.default_backend()
+    if backend != "gpu":
+        logging.warning(
+            "model.attention_impl 'cudnn' needs an NVIDIA GPU; the backend is %r: using 'xla'",
+            backend,
+        )
+        return "xla"
+    return attention_impl
+
+
 def posemb_sincos_2d(h, w, width, temperature=10_000.0):
     """big_vision's 'sincos2d' position embedding of an h x w grid (MoCo v3): [1, h*w, width].
 
@@ -342,10 +357,14 @@ class Encoder(nn.Module):
         return block(x, not train, rate)
 
     @nn.compact
-    def __call__(self, x, *, train):
+    def __call__(self, x, *, train, keep=None):
         if self.posemb == "learn":
             x = AddPositionEmbs(name="posembed_input")(x)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+        if keep is not None:
+            # Only these tokens go on, each with its own position embedding: [N, K] indices into
+            # the sequence (a masked autoencoder's visible patches, vit_se.mae).
+            x = jnp.take_along_axis(x, keep[..., None], axis=1)
         block_fields = dict(
             mlp_dim=self.mlp_dim,
             num_heads=self.num_heads,
@@ -446,19 +465,15 @@ class VisionTransformer(nn.Module):
         super().__post_init__()
 
     def _attention_impl(self):
-        """cuDNN attention where JAX's backend is a GPU; 'xla' elsewhere, so that a model trained
-        with cuDNN attention still evaluates on a CPU (the values are the same)."""
-        if self.attention_impl == "cudnn" and jax.default_backend() != "gpu":
-            logging.warning(
-                "model.attention_impl 'cudnn' needs an NVIDIA GPU; JAX's backend is %r: using "
-                "'xla'",
-                jax.default_backend(),
-            )
-            return "xla"
-        return self.attention_impl
+        return resolve_attention_impl(self.attention_impl)
 
     @nn.compact
-    def __call__(self, inputs, *, train=False):
+    def __call__(self, inputs, *, train=False, keep=None):
+        """Logits [N, num_classes] (or the pooled representation without a head).
+
+        `keep` [N, K] (token indices into the class token and patches): the encoder runs on those
+        tokens alone and its output tokens [N, K, D] are returned, not pooled (`vit_se.mae`).
+        """
         impl = resolve_impl(self.impl, self.attention_impl)
         dtype = jnp.dtype(self.dtype)
         x = inputs.astype(dtype)
@@ -492,12 +507,16 @@ class VisionTransformer(nn.Module):
             impl=impl,
             attention_impl=self._attention_impl(),
             sow_attention=self.sow_attention,
-            last_block_token_only=self.last_block_token_only and self.classifier == "token",
+            last_block_token_only=(
+                self.last_block_token_only and self.classifier == "token" and keep is None
+            ),
             scan=self.scan,
             remat_policy=self.remat_policy,
             posemb=self.posemb,
             name="Transformer",
-        )(x, train=train)
+        )(x, train=train, keep=keep)
+        if keep is not None:
+            return x
         if self.classifier == "token":
             x = x[:, 0]
         elif self.classifier == "gap":

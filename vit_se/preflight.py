@@ -25,7 +25,7 @@ import math
 import re
 import time
 
-from vit_se import config_checks, eval_step, sharding, train_setup, train_step
+from vit_se import config_checks, eval_step, mae_step, sharding, train_setup, train_step
 from vit_se.errors import Error
 from vit_se.tpu_slices import GiB
 
@@ -107,11 +107,14 @@ def programs(config, devices):
     batch_sh = sharding.batch_sharding(mesh)
     size, n = config.image_size, len(devices)
 
+    mae = train_setup.is_mae(config)
+
     def batch(rows, **extra):
         out = {
             "image": jax.ShapeDtypeStruct((rows, size, size, 3), jnp.float32, sharding=batch_sh),
-            "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=batch_sh),
         }
+        if not mae:
+            out["label"] = jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=batch_sh)
         out.update(
             {k: jax.ShapeDtypeStruct((rows,), v, sharding=batch_sh) for k, v in extra.items()}
         )
@@ -124,7 +127,9 @@ def programs(config, devices):
         jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=one),
         jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32, sharding=one),
     )
-    forward = forward_flops(config)
+    # A masked autoencoder's encoder sees a quarter of the tokens and its decoder the rest: the
+    # classifier's analytic count does not apply, and the compiler's figure stands alone.
+    forward = None if mae else forward_flops(config)
     state = sum(
         math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
         for a, s in zip(
@@ -138,16 +143,29 @@ def programs(config, devices):
             "train step": (
                 setup.train_step,
                 (_abstract(abstract, state_sh), batch(config.batch_size)),
-                3 * forward * config.batch_size / n,
+                forward and 3 * forward * config.batch_size / n,
             ),
-            "eval step": (
-                eval_step.jit_eval_step(model, config.num_classes, state_sh.params, mesh),
-                (_abstract(abstract.params, state_sh.params), batch(eval_rows, mask=jnp.float32)),
-                forward * eval_rows / n,
-            ),
+            "eval step": _eval_program(config, setup, mesh, batch(eval_rows, mask=jnp.float32))
+            + (forward and forward * eval_rows / n,),
             "initialiser": (train_step.jit_model_init(model, platform), init_args, None),
         },
     )
+
+
+def _eval_program(config, setup, mesh, batch):
+    """(jitted eval step, abstract arguments) of the task: exact counting for a classifier, the
+    held-out reconstruction loss (with its mask rng) for a masked autoencoder."""
+    import jax
+
+    params = _abstract(setup.abstract.params, setup.state_sh.params)
+    if train_setup.is_mae(config):
+        step = mae_step.jit_eval_step(
+            setup.model, setup.state_sh.params, mesh, norm_pix_loss=config.mae.norm_pix_loss
+        )
+        rng = jax.ShapeDtypeStruct((2,), "uint32", sharding=sharding.replicated(mesh))
+        return step, (params, batch, rng)
+    step = eval_step.jit_eval_step(setup.model, config.num_classes, setup.state_sh.params, mesh)
+    return step, (params, batch)
 
 
 _OOM = re.compile(r"RESOURCE_EXHAUSTED: (.*)", re.S)

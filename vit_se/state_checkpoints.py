@@ -24,7 +24,7 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
-from vit_se import workdir
+from vit_se import choices, workdir
 from vit_se.errors import Error
 
 
@@ -33,13 +33,18 @@ class NoCheckpointRestores(Error):
 
 
 def manager(run_dir, keep, selection_metric):
-    """Keeps the newest `keep` checkpoints and the best by `selection_metric` (higher is better);
-    creates WORKDIR/checkpoints."""
+    """Keeps the newest `keep` checkpoints and the best by `selection_metric` (higher is better,
+    but for `choices.LOWER_IS_BETTER`: a reconstruction loss); creates WORKDIR/checkpoints."""
+    sign = -1.0 if selection_metric in choices.LOWER_IS_BETTER else 1.0
+
+    def score(m):
+        return sign * m[selection_metric]
+
     policy = preservation_policy.AnyPreservationPolicy(
         [
             preservation_policy.LatestN(n=keep),
             preservation_policy.BestN(
-                get_metric_fn=lambda m: m[selection_metric],
+                get_metric_fn=score,
                 n=1,
                 keep_checkpoints_without_metrics=False,
             ),
@@ -49,7 +54,7 @@ def manager(run_dir, keep, selection_metric):
     # cleanup_tmp_directories: a save interrupted by a kill leaves a *.orbax-checkpoint-tmp folder.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
-        best_fn=lambda m: m[selection_metric],
+        best_fn=score,
         best_mode="max",
         create=True,
         cleanup_tmp_directories=True,

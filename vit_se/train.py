@@ -36,6 +36,7 @@ from vit_se import (
     figures,
     input_pipeline,
     metrics,
+    pretraining,
     sharding,
     state_checkpoints,
     train_setup,
@@ -207,13 +208,56 @@ def _checkpoints(config, workdir):
     return state_checkpoints.manager(workdir, config.keep_checkpoints, config.selection_metric)
 
 
+class _Classification:
+    """Task 'classify': a labelled builder's splits, exact evaluation, the classifier's export
+    (params.npz, best_params.npz, export.json). `vit_se.pretraining.Pretraining` is the other."""
+
+    def __init__(self, config):
+        self.config = config
+        self.builder = dataset_builder(config)
+        self.num_train = input_pipeline.num_examples(self.builder, config.train_split)
+        self.description = config.dataset
+        if input_pipeline.has_soft_targets(self.builder, config.soft_targets):
+            logging.info(
+                "Targets: the builder's label_distribution (soft), label smoothing %g",
+                config.label_smoothing,
+            )
+
+    def train_batches(self, local_batch, start_step):
+        return training_data(self.builder, self.config, local_batch, start_step)
+
+    def evaluator(self, model, params_sharding, mesh):
+        return _evaluator(self.config, self.builder, model, params_sharding, mesh)
+
+    evaluation_line = staticmethod(lambda step, evaluated: _evaluation_line(step, evaluated))
+
+    def after_evaluation(self, step, params, writer, run_dir):
+        pass
+
+    def export(self, run_dir, params, total_steps, final, best, best_params):
+        _save_params(params, os.path.join(run_dir, workdir_lib.PARAMS))
+        best_step, best_metrics = best
+        if best_params is not None:
+            # The model selected on val_split: what every command loads by default.
+            _save_params(best_params, os.path.join(run_dir, workdir_lib.BEST_PARAMS))
+        if jax.process_index() == 0:
+            info = _export_info(
+                self.config,
+                step=total_steps,
+                best_step=best_step,
+                metrics=final,
+                best_metrics=best_metrics,
+            )
+            workdir_lib.write_export_info(run_dir, info)
+
+
 def _train(config, workdir, progress, lock, stop):
     _maybe_write_fake_data(config)
 
     mesh = sharding.make_mesh()
     batch_sh = sharding.batch_sharding(mesh)
-    builder = dataset_builder(config)
-    num_train = input_pipeline.num_examples(builder, config.train_split)
+    task = pretraining.Pretraining(config) if config.task == "mae" else _Classification(config)
+    num_train = task.num_train
     steps_per_epoch, total_steps = train_setup.total_steps(config, num_train)
     local_batch = config.batch_size // jax.process_count()
     saved_steps = workdir_lib.checkpoint_steps(workdir)
@@ -244,9 +288,8 @@ def _train(config, workdir, progress, lock, stop):
     else:
         state = train_setup.init_state(config, setup)
     start_step = int(eval_step.to_host(state.step))
-    evaluate = _evaluator(config, builder, setup.model, setup.state_sh.params, mesh)
-    soft = input_pipeline.has_soft_targets(builder, config.soft_targets)
-    train_iter = training_data(builder, config, local_batch, start_step).as_numpy_iterator()
+    evaluate = task.evaluator(setup.model, setup.state_sh.params, mesh)
+    train_iter = task.train_batches(local_batch, start_step).as_numpy_iterator()
 
     if jax.process_index() == 0:
         workdir_lib.write_run_config(
@@ -267,15 +310,11 @@ def _train(config, workdir, progress, lock, stop):
             )
         )
 
-    if soft:
-        logging.info(
-            "Targets: the builder's label_distribution (soft), label smoothing %g",
-            config.label_smoothing,
-        )
     logging.info(
-        "Training %s on %s (%d examples, %d steps of %d) on %d devices, %d processes",
+        "Training %s%s on %s (%d examples, %d steps of %d) on %d devices, %d processes",
         config.model.name,
-        config.dataset,
+        " as a masked autoencoder" if config.task == "mae" else "",
+        task.description,
         num_train,
         total_steps,
         config.batch_size,
@@ -326,7 +365,8 @@ def _train(config, workdir, progress, lock, stop):
                         step, {f"{name}/{k}": v for k, v in metrics.scalars(result).items()}
                     )
                 if report:
-                    shown.note(_evaluation_line(step, evaluated))
+                    shown.note(task.evaluation_line(step, evaluated))
+                task.after_evaluation(step, state.params, writer, workdir)
             if saving:
                 ckpt_metrics = (
                     {k: float(v) for k, v in metrics.scalars(evaluated["val"]).items()}
@@ -349,26 +389,20 @@ def _train(config, workdir, progress, lock, stop):
         writer.flush()
     if not final:  # resumed after the last step: evaluate the restored state
         final = evaluate(state.params)
-    best_step = mngr.best_step() if config.val_split else None
-    _save_params(state.params, os.path.join(workdir, workdir_lib.PARAMS))
-    best_metrics = {}
+    best_step = mngr.best_step() if (config.val_split or config.task == "mae") else None
+    best_metrics, best_params = {}, None
     if best_step is not None:
-        # The model selected on val_split: what every command loads by default.
-        best = mngr.restore(best_step, args=ocp.args.StandardRestore(target))
-        _save_params(best.params, os.path.join(workdir, workdir_lib.BEST_PARAMS))
-        best_metrics = final if best_step == total_steps else evaluate(best.params)
-    mngr.close()
-    if jax.process_index() == 0:
-        info = _export_info(
-            config,
-            step=total_steps,
-            best_step=best_step,
-            metrics=final,
-            best_metrics=best_metrics,
+        best_params = (
+            state.params
+            if best_step == total_steps
+            else mngr.restore(best_step, args=ocp.args.StandardRestore(target)).params
         )
-        workdir_lib.write_export_info(workdir, info)
+        best_metrics = final if best_step == total_steps else evaluate(best_params)
+    mngr.close()
+    task.export(workdir, state.params, total_steps, final, (best_step, best_metrics), best_params)
+    if jax.process_index() == 0:
         figures.save_curves(workdir, os.path.join(workdir, workdir_lib.CURVES))
-    logging.info("Done: step %d of %s in %s", total_steps, config.dataset, workdir)
+    logging.info("Done: step %d of %s in %s", total_steps, task.description, workdir)
     return final
 
 

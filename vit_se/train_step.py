@@ -170,11 +170,12 @@ def abstract_state(model, tx, mesh, image_size, param_sharding="replicate", **fs
     return abstract, sharding.state_shardings(mesh, abstract, param_sharding, **fsdp)
 
 
-def init_state(model, tx, state_sh, image_size, seed=0, source=None):
+def init_state(model, tx, state_sh, image_size, seed=0, source=None, loader=None):
     """A fresh state placed with `state_sh`; `source` (an official npz or a vit_se export)
-    replaces the fresh parameters it holds (`checkpoint.load_pretrained`)."""
+    replaces the fresh parameters it holds: `loader(source, fresh host params)`, by default
+    `checkpoint.load_pretrained` (a masked autoencoder loads its encoder alone)."""
     platform = platform_of(state_sh.step.mesh)
-    params = _init_params(model, image_size, seed, source, platform)
+    params = _init_params(model, image_size, seed, source, platform, loader)
     params = xla_owned(_put(params, state_sh.params), state_sh.params)
     opt_state = jax.jit(tx.init, out_shardings=state_sh.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), state_sh.step)
@@ -226,13 +227,13 @@ def release_host_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _init_params(model, image_size, seed, source, platform):
+def _init_params(model, image_size, seed, source, platform, loader=None):
     """Fresh parameters, then an official checkpoint or an earlier run's export on top."""
     init = jit_model_init(model, platform)
     params = init(jax.random.PRNGKey(seed), _dummy_images(image_size))["params"]
     params = jax.tree_util.tree_map(np.asarray, params)
     if source:
-        params = ckpt_lib.load_pretrained(source, params)
+        params = (loader or ckpt_lib.load_pretrained)(source, params)
     return params
 
 

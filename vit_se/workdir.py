@@ -10,6 +10,9 @@ rebuild a training config to preprocess an image.
     WORKDIR/export.json          ExportInfo of the two parameter files below
     WORKDIR/params.npz           the final step's parameters (official vit_jax key layout)
     WORKDIR/best_params.npz      the checkpoint selected on the run's val_split
+    WORKDIR/encoder.npz          a pretraining run's (task 'mae') backbone, official layout, no head
+    WORKDIR/pretraining.json     what a pretraining run reached (steps, held-out loss, sources)
+    WORKDIR/reconstructions/     its reconstruction figure at every evaluation (step_<N>.png)
     WORKDIR/checkpoints/         orbax training state (resumes the run)
     WORKDIR/checkpoints_unreadable/  checkpoints that failed to restore, moved aside, never deleted
     WORKDIR/curves.png           loss and accuracy per split over steps (from the TensorBoard logs)
@@ -45,6 +48,9 @@ RUN_CONFIG = "config.json"
 EXPORT_INFO = "export.json"
 PARAMS = "params.npz"
 BEST_PARAMS = "best_params.npz"
+ENCODER = "encoder.npz"  # task 'mae': the pretrained backbone a fine-tune starts from
+PRETRAINING_INFO = "pretraining.json"
+RECONSTRUCTIONS = "reconstructions"
 CHECKPOINTS = "checkpoints"
 UNREADABLE_CHECKPOINTS = "checkpoints_unreadable"  # where a checkpoint that fails to restore goes
 LOCK = "lock.json"
@@ -99,6 +105,13 @@ def folds_present(workdir):
 def default_params(workdir):
     """The parameter file every command uses unless told otherwise (see PARAMS_HELP)."""
     return BEST_PARAMS if exists(os.path.join(workdir, BEST_PARAMS)) else PARAMS
+
+
+def run_weights(workdir):
+    """The file a fine-tune's `init_from` starts from: a pretraining run's encoder.npz, else the
+    run's params.npz (the final step)."""
+    encoder = os.path.join(workdir, ENCODER)
+    return encoder if exists(encoder) else os.path.join(workdir, PARAMS)
 
 
 def checkpoint_steps(workdir):
