@@ -79,7 +79,7 @@ def main(argv=None):
     for steps in (int(s) for s in args.finetune_steps.split(",")):
         pair = {}
         for name, start in (("from MAE", [f"--config.init_from={mae_dir}"]), ("from random", [])):
-            run_dir = os.path.join(w, f"{name.split()[1].lower()}_{steps}")
+            run_dir = os.path.join(w, f"{name.replace(' ', '_').lower()}_{steps}")
             cmd = [
                 "--config=configs/demo.py",
                 f"--workdir={run_dir}",

@@ -322,15 +322,23 @@ def main():
     parser.add_argument("--print", action="store_true", help="print the table and stop")
     parser.add_argument("--workers", type=int, default=2, help="cells searched at once")
     parser.add_argument("--only", default="", help="comma-separated variants, e.g. B/16,L/16")
+    parser.add_argument("--dtypes", default="", help="comma-separated, e.g. bfloat16")
+    parser.add_argument("--slices", default="", help="comma-separated, e.g. v5e-8,v4-8")
+    parser.add_argument("--shardings", default="", help="replicate, fsdp or both")
+    parser.add_argument(
+        "--no_extra", action="store_true", help="leave out the remat and scan cells"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(compile_one(json.loads(args.one))), flush=True)
         return
-    cells = DEFAULT_CELLS + EXTRA_CELLS
-    if args.only:
-        wanted = set(args.only.split(","))
-        cells = [c for c in cells if c[0] in wanted]
+    cells = DEFAULT_CELLS + ([] if args.no_extra else EXTRA_CELLS)
+    # A cell is (variant, dtype, slice, sharding, scan, remat): each filter keeps its field's
+    # values, so a table can be filled a part at a time (every compile is kept in --out).
+    for index, wanted in enumerate((args.only, args.dtypes, args.slices, args.shardings)):
+        if wanted:
+            cells = [c for c in cells if c[index] in set(wanted.split(","))]
     # B/16 and L/16 first, slice by slice, bfloat16 before float32; the other variants after.
     ordered = sorted(
         cells,
