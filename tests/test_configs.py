@@ -130,7 +130,7 @@ def test_a_missing_config_file_is_one_line(tmp_path):
     )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        "--config: config file nowhere/nothing.py does not exist (nor "
+        "vit_se.main: --config: config file nowhere/nothing.py does not exist (nor "
         + os.path.join(os.path.dirname(common.__file__), "nothing.py")
         + " among the installed configs)"
     ]

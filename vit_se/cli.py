@@ -258,12 +258,13 @@ def run(main, name, *, hide_accelerators=True):
     app.run(wrapped, flags_parser=parse)
 
 
-def resolve_config_paths(argv, names=("config",)):
+def resolve_config_paths(argv, names=("config",), command="main"):
     """argv with `--NAME=PATH[:ARG]` pointing at a file that exists.
 
     A path that does not exist where the command runs (e.g. `configs/sfew.py` from another
     folder, or with vit_se installed from a wheel) is looked up among the config files installed
-    with vit_se (`vit_se.configs`); one that exists nowhere stops the command with one line.
+    with vit_se (`vit_se.configs`); one that exists nowhere stops the command with one line,
+    prefixed `vit_se.COMMAND:` as every other error of the command is (`run`).
     """
     import vit_se.configs
 
@@ -279,8 +280,8 @@ def resolve_config_paths(argv, names=("config",)):
                 candidate = os.path.join(installed, os.path.basename(path))
                 if not os.path.isfile(candidate):
                     sys.exit(
-                        f"--{name}: config file {path} does not exist (nor {candidate} among "
-                        "the installed configs)"
+                        f"vit_se.{command}: --{name}: config file {path} does not exist (nor "
+                        f"{candidate} among the installed configs)"
                     )
                 item = f"{prefix}{candidate}{sep}{arg}"
         out.append(item)

@@ -135,5 +135,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    sys.argv = cli.resolve_config_paths(sys.argv)
+    sys.argv = cli.resolve_config_paths(sys.argv, command="config_fields")
     cli.run(main, "config_fields", hide_accelerators=False)

@@ -154,5 +154,5 @@ def _seeds_main(seed_list, fold_ids, num_folds):
 
 if __name__ == "__main__":
     define_flags()
-    sys.argv = cli.resolve_config_paths(sys.argv)
+    sys.argv = cli.resolve_config_paths(sys.argv, command="kfold")
     cli.run(main, "kfold")

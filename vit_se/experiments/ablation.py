@@ -296,7 +296,7 @@ def main(argv):
 
 def start():
     """Runs the command on sys.argv once `define_flags` has run."""
-    sys.argv = cli.resolve_config_paths(sys.argv, CONFIG_FLAGS)
+    sys.argv = cli.resolve_config_paths(sys.argv, CONFIG_FLAGS, "experiments ablation")
     cli.run(main, "experiments ablation")
 
 
