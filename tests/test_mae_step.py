@@ -331,6 +331,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_fsdp_scanned_pretraining_on_eight_devices_matches_one_device(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"

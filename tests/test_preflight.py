@@ -262,6 +262,7 @@ def test_no_decision_reads_the_default_backend(monkeypatch):
     assert options and not any(o for o in options), options
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_a_pretraining_config_compiles_for_a_slice(tmp_path):
     """Task 'mae': the masked autoencoder's train and eval steps and initialiser, compiled for

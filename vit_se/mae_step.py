@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from vit_se import eval_step as eval_lib
 from vit_se import mae, mae_checkpoint, sharding
-from vit_se.train_step import TrainState
+from vit_se import train_step as train_lib
 
 
 def scaled_learning_rate(base_learning_rate, batch_size):
@@ -31,9 +30,8 @@ def scaled_learning_rate(base_learning_rate, batch_size):
 def make_train_step(model, tx, lr_schedule, *, norm_pix_loss=True, seed=0, skip_nonfinite=False):
     """(state, batch) -> (state, metrics): one optimizer step on a global batch {'image'}.
 
-    Metrics: loss (masked patches), grad_norm, learning_rate, finite. `skip_nonfinite`: `tx` is
-    wrapped in `optax.apply_if_finite` (`optim.optimizer`) and `finite` is its verdict, as in
-    `train_step.make_train_step`.
+    Metrics: loss (masked patches), grad_norm, learning_rate, finite (`skip_nonfinite` and
+    `finite`: `train_step.apply_gradients`, as for the classifier).
     """
     base_rng = jax.random.PRNGKey(seed + 1)
     patch = model.patch
@@ -53,20 +51,16 @@ def make_train_step(model, tx, lr_schedule, *, norm_pix_loss=True, seed=0, skip_
     def train_step(state, batch):
         rng = jax.random.fold_in(base_rng, state.step)
         loss, grads = grad_fn(state.params, batch["image"], rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
-        if skip_nonfinite:
-            finite = opt_state.last_finite
-        else:
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state, grad_norm, finite = train_lib.apply_gradients(
+            state, grads, tx, loss, skip_nonfinite=skip_nonfinite
+        )
         out = {
             "loss": loss,
             "grad_norm": grad_norm,
             "learning_rate": lr_schedule(state.step),
             "finite": finite,
         }
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
+        return new_state, out
 
     return train_step
 

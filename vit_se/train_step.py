@@ -77,10 +77,7 @@ def make_train_step(
     (FER+ vote distributions) that replaces the one-hot label in the loss; label smoothing
     composes with either. Accuracy counts the arg-max against `label`.
 
-    `skip_nonfinite`: `tx` is wrapped in `optax.apply_if_finite` (`optim.optimizer`), which drops
-    a non-finite update; `finite` in the metrics is then its verdict on this step. Otherwise the
-    step is the plain computation and `finite` says whether loss and gradient norm were; the
-    trainer reads it when it logs.
+    `skip_nonfinite` and the `finite` metric: `apply_gradients`.
     """
     accum = int(accum_steps)
     base_rng = jax.random.PRNGKey(seed + 1)
@@ -124,21 +121,20 @@ def make_train_step(
             (grads, loss, correct), _ = jax.lax.scan(body, init, micro)
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
             loss = loss / accum
+        freeze = None
         if freeze_backbone_steps:
             frozen = state.step < freeze_backbone_steps
             mask = _backbone_mask(state.params)
-            grads = jax.tree_util.tree_map(lambda g, m: jnp.where(frozen & m, 0.0, g), grads, mask)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        if freeze_backbone_steps:
-            updates = jax.tree_util.tree_map(
-                lambda u, m: jnp.where(frozen & m, 0.0, u), updates, mask
-            )
-        params = optax.apply_updates(state.params, updates)
-        grad_norm = optax.global_norm(grads)
-        if skip_nonfinite:
-            finite = opt_state.last_finite
-        else:
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+            def freeze(tree):
+                return jax.tree_util.tree_map(
+                    lambda x, m: jnp.where(frozen & m, 0.0, x), tree, mask
+                )
+
+            grads = freeze(grads)
+        new_state, grad_norm, finite = apply_gradients(
+            state, grads, tx, loss, skip_nonfinite=skip_nonfinite, mask_updates=freeze
+        )
         out = {
             "loss": loss,
             "accuracy": correct / labels.shape[0],
@@ -146,9 +142,29 @@ def make_train_step(
             "learning_rate": lr_schedule(state.step),
             "finite": finite,
         }
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), out
+        return new_state, out
 
     return train_step
+
+
+def apply_gradients(state, grads, tx, loss, *, skip_nonfinite=False, mask_updates=None):
+    """(next state, gradient norm, finite): one optimizer update, shared by every task's step.
+
+    `skip_nonfinite`: `tx` is wrapped in `optax.apply_if_finite` (`optim.optimizer`), which drops
+    a non-finite update; `finite` is then its verdict on this step. Otherwise the update is the
+    plain computation and `finite` says whether loss and gradient norm were; the trainer reads it
+    when it logs. `mask_updates` (e.g. a frozen backbone's zeros) applies to the updates.
+    """
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if mask_updates is not None:
+        updates = mask_updates(updates)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
+    if skip_nonfinite:
+        finite = opt_state.last_finite
+    else:
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), grad_norm, finite
 
 
 def _dummy_images(image_size):
