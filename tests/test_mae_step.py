@@ -71,14 +71,15 @@ def test_learning_rate_scales_with_batch_and_warms_up_then_decays():
     lr = train_setup.learning_rate(config, steps_per_epoch=1, total=110)
     values = np.array([float(lr(s)) for s in range(111)])
     assert values[0] == 0.0
-    np.testing.assert_allclose(values[5], 5e-4, rtol=1e-6)
-    np.testing.assert_allclose(values[10], 1e-3, rtol=1e-6)
-    np.testing.assert_allclose(values[60], 5e-4, rtol=1e-5)  # half way down the cosine
+    # optax's float32 schedule: a product or a cosine of order-1 values, a few roundings (n=4).
+    tolerances.assert_close(values[5], 5e-4, n=4)
+    tolerances.assert_close(values[10], 1e-3, n=4)
+    tolerances.assert_close(values[60], 5e-4, n=4, scale=1e-3)  # half way down the cosine
     assert values[110] == pytest.approx(0.0, abs=1e-12)
     assert np.all(np.diff(values[:11]) > 0) and np.all(np.diff(values[10:]) <= 0)
     config.batch_size = 512  # the paper's linear scaling rule
     peak = train_setup.learning_rate(config, steps_per_epoch=1, total=110)(10)
-    np.testing.assert_allclose(float(peak), 2e-3, rtol=1e-6)
+    tolerances.assert_close(float(peak), 2e-3, n=4)
 
 
 def test_optimizer_is_adamw_with_beta2_095_and_decay_on_kernels_only():
@@ -96,8 +97,9 @@ def test_optimizer_is_adamw_with_beta2_095_and_decay_on_kernels_only():
     m = 0.9 * 0.1 * 0.3 + 0.1 * -0.1
     v = 0.95 * 0.05 * 0.3**2 + 0.05 * 0.1**2
     adam = (m / (1 - 0.9**2)) / (np.sqrt(v / (1 - 0.95**2)) + 1e-8)
-    np.testing.assert_allclose(updates["dense"]["bias"], -lr * adam, rtol=1e-5)
-    np.testing.assert_allclose(updates["dense"]["kernel"], -lr * (adam + wd * 1.0), rtol=1e-5)
+    # Two moment updates, bias corrections, a square root and a division in float32 (n=8).
+    tolerances.assert_close(updates["dense"]["bias"], -lr * adam, n=8)
+    tolerances.assert_close(updates["dense"]["kernel"], -lr * (adam + wd * 1.0), n=8)
 
 
 def test_the_trainer_builds_the_masked_autoencoder_for_task_mae():
@@ -246,8 +248,11 @@ def test_held_out_loss_is_exact_fixed_and_ignores_padding(trained):
     other_padding = mae_step.make_evaluator(
         model, _eval_data(faces, 16, pad_value=0.7), trained["state_sh"].params, mesh, seed=0
     )
-    assert other_padding(state.params)["val"]["loss"] == pytest.approx(
-        first["val"]["loss"], rel=1e-6
+    # The padding is masked out; what it may change is the rounding of the batched forward pass
+    # (encoder and decoder: about twice the encoder's sums) and of the mean over 20 examples.
+    n = 2 * tolerances.vit_sums(trained["config"].model, IMAGE) + 20
+    assert other_padding(state.params)["val"]["loss"] == tolerances.approx(
+        first["val"]["loss"], n=n
     )
     # By hand: the mean of the examples' masked-patch losses under the fixed masks.
     per_example = []
@@ -257,7 +262,8 @@ def test_held_out_loss_is_exact_fixed_and_ignores_padding(trained):
             {"params": state.params}, x, rngs={"mask": mae_step.eval_rng(0, i)}
         )
         per_example.extend(np.asarray(mae.per_example_loss(pred, mae.targets(x, 8), mask)))
-    np.testing.assert_allclose(first["val"]["loss"], np.mean(per_example), rtol=1e-5)
+    # The same forward passes, jitted apart from the evaluator's, summed in another order.
+    tolerances.assert_close(first["val"]["loss"], np.mean(per_example), n=n)
     assert evaluate(trained["initial"])["val"]["loss"] > first["val"]["loss"]
 
 
