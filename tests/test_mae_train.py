@@ -273,3 +273,18 @@ def test_sigkill_and_resume_end_bit_for_bit_where_an_uninterrupted_run_does(pret
             infos.append(json.load(f))
     assert infos[1]["metrics"] == infos[0]["metrics"]
     assert infos[1]["best_step"] == infos[0]["best_step"]
+
+
+@pytest.mark.parametrize(
+    "module,args,message",
+    [
+        ("vit_se.kfold", [], "--config is a pretraining config (task 'mae')"),
+        ("vit_se.experiments", ["ablation"], "ablation compares classifiers"),
+    ],
+)
+def test_classifier_commands_refuse_a_pretraining_config(tmp_path, module, args, message):
+    r = run_module(module, *args, "--config=configs/mae_demo.py", f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 1, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+    assert not (tmp_path / "w").exists()

@@ -124,6 +124,11 @@ def main(argv):
         raise cli.CommandError("--workdir is required")
     if not FLAGS.aggregate_only and FLAGS.config is None:
         raise cli.CommandError("--config is required unless --aggregate_only")
+    if FLAGS.config is not None and FLAGS.config.get("task") == "mae":
+        raise cli.CommandError(
+            "--config is a pretraining config (task 'mae'): k-fold cross-validates a classifier; "
+            "pretrain with python -m vit_se.main, then run k-fold with --config.init_from"
+        )
     fold_ids = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
     num_folds = FLAGS.config.num_folds if FLAGS.config is not None else None
     if FLAGS.seeds:

@@ -279,6 +279,11 @@ def main(argv):
         raise cli.CommandError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.config is None or not FLAGS.workdir:
         raise cli.CommandError("ablation needs --config and --workdir")
+    if "mae" in (FLAGS.config.get("task"), getattr(FLAGS.intermediate_config, "task", None)):
+        raise cli.CommandError(
+            "ablation compares classifiers: a pretraining config (task 'mae') is not one; "
+            "pretrain with python -m vit_se.main, then pass --config.init_from"
+        )
     folds = [int(k) for k in FLAGS.folds] if FLAGS.folds else None
     result = ablation(
         FLAGS.config,
