@@ -272,10 +272,14 @@ def num_train_images(sources, *, holdout_every=20, data_dir=None, manual_dirs=No
 
 
 def first_images(eval_data, count):
-    """The first `count` held-out images of this process (fixed faces for figures), [n, S, S, 3]."""
+    """The first `count` held-out images of this process (fixed faces for figures), [n, S, S, 3]
+    with n <= count (0 when this process holds none out)."""
     out = []
     for batch in eval_data.dataset.as_numpy_iterator():
         out.extend(batch["image"][batch["mask"] > 0])
         if len(out) >= count:
             break
+    if not out:
+        size = eval_data.dataset.element_spec["image"].shape[1]
+        return np.zeros((0, size, size, 3), np.float32)
     return np.stack(out[:count])
