@@ -595,26 +595,31 @@ def test_slurm_directives():
         assert f"\n#SBATCH {directive}" in text, directive
 
 
-def test_slurm_inside_the_job(stubs, tmp_path):
-    """In an allocation: the coordinator is the first node, srun starts one process per node."""
+def _in_a_job(stubs, tmp_path, scontrol, **slurm):
+    """(env, record): the environment of a SLURM allocation with job id 4242 and `slurm`'s
+    variables, a fake `scontrol` (the script's text) and an `srun` that records its argv and
+    environment as JSON in `record`."""
     env, _ = stubs
     fake = tmp_path / "job_bin"
     fake.mkdir()
     record = tmp_path / "srun.json"
-    _write_exe(
-        fake / "scontrol",
-        "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] || exit 9\necho gpu07\necho gpu08\n",
-    )
+    _write_exe(fake / "scontrol", scontrol)
     _write_exe(
         fake / "srun",
         "#!/usr/bin/env python3\nimport json, os, sys\n"
         "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, "
         f"open({str(record)!r}, 'w'))\n",
     )
-    env = dict(
-        env,
-        PATH=f"{fake}{os.pathsep}{env['PATH']}",
-        SLURM_JOB_ID="4242",
+    env = dict(env, PATH=f"{fake}{os.pathsep}{env['PATH']}", SLURM_JOB_ID="4242", **slurm)
+    return env, record
+
+
+def test_slurm_inside_the_job(stubs, tmp_path):
+    """In an allocation: the coordinator is the first node, srun starts one process per node."""
+    env, record = _in_a_job(
+        stubs,
+        tmp_path,
+        "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] || exit 9\necho gpu07\necho gpu08\n",
         SLURM_JOB_NUM_NODES="2",
         SLURM_JOB_NODELIST="gpu[07-08]",
         SLURM_GPUS_PER_NODE="a100:4",
@@ -1100,21 +1105,10 @@ def test_slurm_runs_other_modules_on_one_node(module, argv, stubs):
 
 
 def test_slurm_job_runs_another_module_on_one_node_only(stubs, tmp_path):
-    env, _ = stubs
-    fake = tmp_path / "job_bin"
-    fake.mkdir()
-    record = tmp_path / "srun.json"
-    _write_exe(fake / "scontrol", "#!/bin/sh\necho gpu07\n")
-    _write_exe(
-        fake / "srun",
-        "#!/usr/bin/env python3\nimport json, os, sys\n"
-        "json.dump({'argv': sys.argv[1:], 'env': dict(os.environ)}, "
-        f"open({str(record)!r}, 'w'))\n",
-    )
-    env = dict(
-        env,
-        PATH=f"{fake}{os.pathsep}{env['PATH']}",
-        SLURM_JOB_ID="4242",
+    env, record = _in_a_job(
+        stubs,
+        tmp_path,
+        "#!/bin/sh\necho gpu07\n",
         SLURM_JOB_NUM_NODES="1",
         SLURM_JOB_NODELIST="gpu07",
         SLURM_GPUS_PER_NODE="2",
