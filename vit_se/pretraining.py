@@ -83,8 +83,7 @@ class Pretraining:
             seed=c.seed,
         )
 
-    @staticmethod
-    def evaluation_line(step, evaluated):
+    def evaluation_line(self, step, evaluated):
         v = evaluated["val"]
         return (
             f"step {step}: held-out reconstruction loss {v['loss']:.4f} ({v['num_examples']} faces)"

@@ -229,7 +229,8 @@ class _Classification:
     def evaluator(self, model, params_sharding, mesh):
         return _evaluator(self.config, self.builder, model, params_sharding, mesh)
 
-    evaluation_line = staticmethod(lambda step, evaluated: _evaluation_line(step, evaluated))
+    def evaluation_line(self, step, evaluated):
+        return _evaluation_line(step, evaluated)
 
     def after_evaluation(self, step, params, writer, run_dir):
         pass
