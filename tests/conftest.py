@@ -27,6 +27,26 @@ DEMO_NUM_TRAIN, DEMO_NUM_TEST = 140, 42  # val = train[90%:] = 14 examples
 DEMO_STEPS = 30
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """`@pytest.mark.grid`: the first case of a parametrised test runs in the fast tier, the rest
+    are `slow`.
+
+    A grid checks one property over many configurations, and each configuration compiles its own
+    program. While working, one case catches most breakage of the code the grid guards; the full
+    suite (the README's and CI's command) still runs every case. tryfirst, so the marks are there
+    before `-m "not slow"` deselects.
+    """
+    first = set()
+    for item in items:
+        if item.get_closest_marker("grid") is None:
+            continue
+        key = (item.path, item.originalname)
+        if key in first:
+            item.add_marker(pytest.mark.slow)
+        first.add(key)
+
+
 def once(tmp_path_factory, name, build):
     """build(dir) once per test session, also under pytest-xdist, whose workers share the dir.
 

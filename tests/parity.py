@@ -9,10 +9,18 @@ import tolerances
 
 
 def perturbed(params, scale=0.1, seed=2):
-    """Non-zero head and non-trivial weights, so that every gradient is informative."""
+    """Non-zero head and non-trivial weights, so that every gradient is informative.
+
+    One NumPy draw sliced over the leaves: drawing each leaf with jax.random compiled a sampler
+    per parameter shape, seconds per model on 2 cores.
+    """
     leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    noisy = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    noise = np.random.default_rng(seed).standard_normal(sum(p.size for p in leaves))
+    noisy, start = [], 0
+    for p in leaves:
+        chunk = noise[start : start + p.size].reshape(p.shape)
+        noisy.append(jnp.asarray(np.asarray(p) + scale * chunk, dtype=p.dtype))
+        start += p.size
     return jax.tree_util.tree_unflatten(tree, noisy)
 
 

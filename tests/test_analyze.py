@@ -106,6 +106,7 @@ def test_rollout_of_random_attention_matches_the_papers_recipe():
         attention.rollout_matrix([uniform], "median")
 
 
+@pytest.mark.slow
 def test_model_with_identity_attention_rolls_out_to_identity():
     """Query = key = 30 x the normalised token, one head: each token attends only to itself."""
     t = _trained(heads=1)
@@ -164,6 +165,7 @@ def test_attention_maps_and_rollout_shapes_and_sums(tiny):
         assert r.shape == (3, 4, 4) and np.isfinite(r).all()
 
 
+@pytest.mark.slow
 def test_batching_and_the_sowing_clone_change_nothing(tiny):
     x = _images(5, seed=1)
     whole = attention.analyze(tiny, x, batch_size=8)
@@ -185,6 +187,7 @@ def test_batching_and_the_sowing_clone_change_nothing(tiny):
 
 
 @pytest.mark.parametrize("layer", [-1, 0])
+@pytest.mark.grid
 def test_grad_cam_is_the_gradient_of_the_class_logit(tiny, layer):
     x = _images(3, seed=2)
     logits = tiny.logits(x)
@@ -245,6 +248,7 @@ def test_se_weights_and_their_mean_per_predicted_class(tiny):
             assert np.isnan(by.means[c]).all()
 
 
+@pytest.mark.slow
 def test_errors_name_the_problem():
     plain = _trained(use_se=False)
     with pytest.raises(ValueError, match="no SE block"):

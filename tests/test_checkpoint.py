@@ -54,6 +54,7 @@ def _images(n=3, image=16, seed=5):
 @pytest.mark.parametrize("scan", [False, True])
 @pytest.mark.parametrize("use_se", [False, True])
 @pytest.mark.parametrize("representation_size", [None, 24])
+@pytest.mark.grid
 def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_size, scan):
     weights = random_arrays(vit_jax_shapes(**TINY, head=7, pre_logits=representation_size))
     if use_se:
@@ -77,6 +78,7 @@ def test_vit_jax_npz_matches_numpy_reference(tmp_path, use_se, representation_si
 
 @pytest.mark.parametrize("model_scan", [False, True])
 @pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.grid
 def test_big_vision_npz_matches_numpy_reference(tmp_path, scan, model_scan):
     weights = random_arrays(vit_jax_shapes(**TINY, head=7), seed=3)
     bv = vit_jax_to_big_vision(weights, scan=scan)
@@ -127,6 +129,7 @@ OFFICIAL = [("B/16", 768, 12, 12, 3072, 16), ("L/16", 1024, 24, 16, 4096, 16)]
     "family",
     ["i21k_with_pre_logits", "augreg", "i1k_finetuned", "big_vision", "big_vision_scan"],
 )
+@pytest.mark.grid
 def test_full_official_key_set_loads(name, width, depth, heads, mlp, patch, family, scan):
     dims = dict(width=width, depth=depth, heads=heads, mlp=mlp, patch=patch)
     if family == "i21k_with_pre_logits":
@@ -307,6 +310,7 @@ BIG_VISION_LAYOUTS = {
 @pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
 @pytest.mark.parametrize("model_scan", [False, True])
 @pytest.mark.parametrize("layout", list(BIG_VISION_LAYOUTS))
+@pytest.mark.grid
 def test_big_vision_layouts_match_numpy_reference(tmp_path, layout, model_scan, impl):
     kw = BIG_VISION_LAYOUTS[layout]
     weights = random_arrays(big_vision_shapes(**TINY, head=7, **kw), seed=3)
@@ -324,6 +328,7 @@ def test_big_vision_layouts_match_numpy_reference(tmp_path, layout, model_scan, 
 @pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
 @pytest.mark.parametrize("model_scan", [False, True])
 @pytest.mark.parametrize("scan", [False, True])  # SigLIP's files / SigLIP 2's (scanned) files
+@pytest.mark.grid
 def test_two_tower_file_loads_its_image_tower(tmp_path, caplog, scan, model_scan, impl):
     weights = random_arrays(two_tower_shapes(**TINY, scan=scan, **TINY_TEXT), seed=4)
     path = _save(tmp_path / "siglip.npz", weights)
@@ -401,6 +406,7 @@ SIGLIP_FILES = [
 
 @pytest.mark.parametrize("model_scan", [False, True])
 @pytest.mark.parametrize("name,variant,image,scan,text,vocab", SIGLIP_FILES)
+@pytest.mark.grid
 def test_full_siglip_key_sets_load(name, variant, image, scan, text, vocab, model_scan):
     width, depth, heads, mlp, patch = model_configs.VARIANTS[variant]
     embed = 1536 if variant.startswith("g-opt") else width  # g-opt's text tower projects up
@@ -607,6 +613,7 @@ def _official_linen_keys(use_se=True):
     return keys
 
 
+@pytest.mark.slow
 def test_scanned_params_export_to_the_official_layout_and_reload_identically(tmp_path):
     model, params = _init(_tiny_config(True, scan=True), 7, 16)
     assert params["Transformer"]["encoderblock"]["LayerNorm_0"]["scale"].shape == (2, 32)

@@ -104,6 +104,7 @@ def test_fold_splits():
 
 
 @pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.grid
 def test_config_builds_from_fake_layout(fake, tmp_path, config_name):
     root, sequences = fake
     config = CONFIGS[config_name]

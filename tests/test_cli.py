@@ -61,6 +61,7 @@ def _listed_flags(help_text):
 
 
 @pytest.mark.parametrize("module", sorted(COMMAND_FLAGS))
+@pytest.mark.grid
 def test_help_lists_the_flags_the_command_uses(module):
     r = _command(module, "--help")
     listed = _listed_flags(r.stdout)
@@ -86,6 +87,7 @@ def test_help_lists_the_flags_the_command_uses(module):
         ),
     ],
 )
+@pytest.mark.slow
 def test_experiments_command_help_is_the_commands_own(command, doc, command_flags):
     # absl's --help exits with status 1 for every absl command; the text is what is checked.
     r = _command("experiments", command, "--help")
@@ -104,6 +106,7 @@ def test_experiments_command_help_is_the_commands_own(command, doc, command_flag
         ("analyze", ["--workdir=/nonexistent/run", "a.png"]),
     ],
 )
+@pytest.mark.grid
 def test_an_error_is_the_only_line_on_stderr(module, args):
     r = _command(module, *args)
     assert r.returncode == 1

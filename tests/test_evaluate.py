@@ -176,6 +176,7 @@ def _fake_run(path, num_classes, dataset, dataset_config):
     return str(path)
 
 
+@pytest.mark.slow
 def test_eight_class_model_on_seven_class_dataset_is_evaluated(
     tmp_path, data_root, jaffe_manual, workdir
 ):

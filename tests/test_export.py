@@ -76,6 +76,7 @@ def _faces(trained, n=6):
     return np.stack([inference.preprocess(im, trained.info) for im in images])
 
 
+@pytest.mark.slow
 def test_saved_model_logits_match_jax(trained, exported):
     out, report = exported
     loaded = tf.saved_model.load(out)
@@ -100,6 +101,7 @@ def test_saved_model_logits_match_jax(trained, exported):
     assert report["saved_model"]["max_abs_logit_diff"] <= report["saved_model"]["tolerance"]
 
 
+@pytest.mark.slow
 def test_parity_holds_for_confident_logits(sharp, tmp_path):
     """The short run's logits are near 0; a scaled head gives logits of tens, as real runs do."""
     faces = _faces(sharp)
@@ -129,6 +131,7 @@ def test_tolerance_follows_the_scale_of_the_logits_and_the_dtype(trained):
     assert 40 * terms < b16 < 80 * terms
 
 
+@pytest.mark.slow
 def test_saved_model_carries_labels_and_preprocessing(trained, exported):
     out, report = exported
     assert sorted(os.listdir(out)) == sorted(
@@ -158,6 +161,7 @@ def test_saved_model_carries_labels_and_preprocessing(trained, exported):
     assert [n for n in os.listdir(os.path.dirname(out)) if n.startswith(".")] == []
 
 
+@pytest.mark.slow
 def test_tflite_matches_jax(trained, exported):
     out, report = exported
     faces = _faces(trained, n=3)  # three calls of the batch-1 model
@@ -189,6 +193,7 @@ def test_saved_model_runs_with_tensorflow_alone(exported, tmp_path):
     assert shape == "(2, 7" and float(total) == tolerances.approx(2.0, n=14, scale=1.0)
 
 
+@pytest.mark.slow
 def test_failed_check_leaves_nothing(trained, tmp_path, monkeypatch):
     never = dataclasses.replace(export.TABLE["saved_model"], tolerance=-1.0)
     monkeypatch.setitem(export.TABLE, "saved_model", never)

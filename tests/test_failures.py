@@ -178,6 +178,7 @@ def test_skip_mode_stops_after_the_allowed_skips_in_a_row(short_run, tmp_path):
     ), last
 
 
+@pytest.mark.slow
 def test_skipped_step_leaves_parameters_and_optimizer_state_unchanged():
     config = train_worker.tiny_config()
     config.on_nonfinite = "skip_step"

@@ -6,6 +6,7 @@ is in no layer fails the test, so a new module has to be placed deliberately.
 """
 
 import ast
+import functools
 import os
 
 import pytest
@@ -146,8 +147,13 @@ def _layer(module):
 MODULES = _modules()
 
 
+@functools.cache
 def _edges():
-    """(importer, imported) between modules, each name reduced to the module that exists."""
+    """(importer, imported) between modules, each name reduced to the module that exists.
+
+    Cached: every per-module test reads the same walk, and parsing the package 90 times took
+    most of this file's time.
+    """
     edges = []
     for module, path in MODULES.items():
         for name in _imports(path, module):
@@ -155,7 +161,7 @@ def _edges():
                 name = name.rsplit(".", 1)[0]
             if name in MODULES and name != module:
                 edges.append((module, name))
-    return edges
+    return tuple(edges)
 
 
 def test_every_module_has_a_layer():

@@ -154,6 +154,7 @@ def test_normalised_targets_are_each_patch_standardised():
     )
 
 
+@pytest.mark.slow
 def test_gradient_reaches_every_encoder_and_decoder_parameter(model_and_params):
     model, params = model_and_params
     x = _images(8)

@@ -154,6 +154,7 @@ def trained(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_the_loss_falls_on_fake_faces(trained):
     losses = trained["losses"]
     # Normalised targets have unit variance: a fresh decoder is at about 1 or above.
@@ -161,6 +162,7 @@ def test_the_loss_falls_on_fake_faces(trained):
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
 
 
+@pytest.mark.slow
 def test_exported_encoder_loads_into_vit_se_with_exactly_se_and_head_fresh(trained):
     config = model_configs.get_config("tiny/8", use_se=True)
     vit = models.build_model(config, 7)
@@ -186,6 +188,7 @@ def test_exported_encoder_loads_into_vit_se_with_exactly_se_and_head_fresh(train
     assert "tiny/8" in out.getvalue()
 
 
+@pytest.mark.slow
 def test_an_encoder_of_another_width_is_the_one_line_mismatch_error(trained):
     vit = models.build_model(model_configs.get_config("tiny/4"), 7)
     init = jax.eval_shape(vit.init, jax.random.PRNGKey(0), jnp.zeros((1, IMAGE, IMAGE, 3)))
@@ -196,6 +199,7 @@ def test_an_encoder_of_another_width_is_the_one_line_mismatch_error(trained):
         checkpoint.load_pretrained(trained["encoder"], init["params"])
 
 
+@pytest.mark.slow
 def test_pretraining_continues_from_a_classifier_checkpoint(trained, tmp_path):
     # A ViT-SE export (head, SE) starts the encoder; the decoder stays as freshly drawn.
     config = model_configs.get_config("tiny/8", use_se=True)
@@ -236,6 +240,7 @@ def _eval_data(images, batch, pad_value=0.0):
     return input_pipeline.EvalData(ds, num_batches, n)
 
 
+@pytest.mark.slow
 def test_held_out_loss_is_exact_fixed_and_ignores_padding(trained):
     model, mesh, state = trained["model"], trained["mesh"], trained["state"]
     faces = trained["faces"][:20]  # 20 = 16 + 4: the last batch is padded with 12
@@ -267,6 +272,7 @@ def test_held_out_loss_is_exact_fixed_and_ignores_padding(trained):
     assert evaluate(trained["initial"])["val"]["loss"] > first["val"]["loss"]
 
 
+@pytest.mark.slow
 def test_reconstruct_gives_figure_inputs(trained):
     reconstruct = mae_step.jit_reconstruct(
         trained["model"], trained["state_sh"].params, trained["mesh"]

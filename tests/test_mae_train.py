@@ -105,6 +105,7 @@ def test_no_source_of_images_is_one_line():
         config_checks.check_paths(config)
 
 
+@pytest.mark.slow
 def test_a_folder_without_images_fails_in_one_line_and_leaves_no_workdir(tmp_path):
     empty = tmp_path / "faces"
     empty.mkdir()
@@ -282,6 +283,7 @@ def test_sigkill_and_resume_end_bit_for_bit_where_an_uninterrupted_run_does(pret
         ("vit_se.experiments", ["ablation"], "ablation compares classifiers"),
     ],
 )
+@pytest.mark.slow
 def test_classifier_commands_refuse_a_pretraining_config(tmp_path, module, args, message):
     r = run_module(module, *args, "--config=configs/mae_demo.py", f"--workdir={tmp_path / 'w'}")
     assert r.returncode == 1, r.stderr[-2000:]

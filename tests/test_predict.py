@@ -303,6 +303,7 @@ def test_nothing_to_read_fails_in_one_line(trained, inputs, tmp_path):
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])
+@pytest.mark.slow
 def test_cli_no_readable_input_fails_and_writes_nothing(workdir, inputs, tmp_path, skip_bad):
     out = tmp_path / "out" / "p.csv"
     empty = tmp_path / "empty"
@@ -341,6 +342,7 @@ def _unwritable_folder(tmp_path):
 
 
 @pytest.mark.parametrize("flag", ["out", "annotate"])
+@pytest.mark.grid
 def test_cli_unwritable_destination_fails_before_the_model_loads(inputs, tmp_path, flag):
     folder, blocker = _unwritable_folder(tmp_path)
     target = folder / "p.csv" if flag == "out" else folder / "annotated"

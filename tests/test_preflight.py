@@ -202,6 +202,7 @@ def test_multislice_devices():
 
 @needs_libtpu
 @pytest.mark.parametrize("name", SLICES)
+@pytest.mark.slow
 def test_auto_resolves_to_plain_and_every_program_compiles(reports, name):
     for mode in ("replicate", "fsdp"):
         config, report = reports[name, mode]
@@ -214,6 +215,7 @@ def test_auto_resolves_to_plain_and_every_program_compiles(reports, name):
 
 @needs_libtpu
 @pytest.mark.parametrize("name", SLICES)
+@pytest.mark.slow
 def test_fsdp_divides_the_arguments_by_about_the_chip_count(reports, name):
     chips = tpu_slices.parse(name).devices
     (_, rep), (_, fsdp) = reports[name, "replicate"], reports[name, "fsdp"]
@@ -227,6 +229,7 @@ def test_fsdp_divides_the_arguments_by_about_the_chip_count(reports, name):
 
 @needs_libtpu
 @pytest.mark.parametrize("name", SLICES)
+@pytest.mark.slow
 def test_collectives_follow_the_sharding(reports, name):
     rep = reports[name, "replicate"][1].programs["train step"].collectives
     fsdp = reports[name, "fsdp"][1].programs["train step"].collectives
@@ -239,6 +242,7 @@ def test_collectives_follow_the_sharding(reports, name):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_no_decision_reads_the_default_backend(monkeypatch):
     """Compiling for TPU on this CPU: no code path may ask JAX's default backend (it would
     answer 'cpu'), and no XLA:CPU option may reach the TPU compiler."""
@@ -298,6 +302,7 @@ def _main(*args, cwd=None):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_a_config_that_fits_exits_0_quietly_and_writes_nothing(tmp_path):
     proc = _main("--compile_for=v5e-4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -308,6 +313,7 @@ def test_a_config_that_fits_exits_0_quietly_and_writes_nothing(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_a_config_that_overflows_hbm_is_refused_in_one_line(tmp_path):
     # tiny/8 at 448 px, 512 images per chip: 3137 tokens each, about 170 MB of temporaries per
     # image (64 per chip took 10.4 GiB), far over v5e's 16 GiB; the compiler refuses it.

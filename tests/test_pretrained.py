@@ -48,6 +48,7 @@ def _layout(init):
 
 
 @pytest.mark.parametrize("name", list(pretrained.INITS))
+@pytest.mark.grid
 def test_each_recipe_builds_the_model_its_file_loads_into(name):
     init = pretrained.INITS[name]
     config = pretrained.apply(importlib.import_module("vit_se.configs.raf_db").get_config(), name)

@@ -67,6 +67,7 @@ def _unrolled_params(model, x):
     [(c, i) for c in ("token", "gap") for i in ("plain", "cpu_lean")],
     fast={("token", "cpu_lean"), ("gap", "cpu_lean")},
 )
+@pytest.mark.grid
 def test_scanned_and_unrolled_models_agree(impl, classifier):
     unrolled = _model(impl=impl, classifier=classifier)
     scanned = unrolled.clone(scan=True)
@@ -112,6 +113,7 @@ def test_weight_decay_treats_a_stacked_layer_as_its_unrolled_layer():
         assert mask[key] == decayed, key
 
 
+@pytest.mark.slow
 def test_scanned_stochastic_depth_is_random_in_training_only():
     model = _model(scan=True, stochastic_depth=0.5, dropout_rate=0.1)
     x = jax.random.normal(jax.random.PRNGKey(1), (8, 16, 16, 3))
@@ -131,6 +133,7 @@ def test_scanned_stochastic_depth_is_random_in_training_only():
 @_cases(
     "impl,scan", [("plain", False), ("plain", True), ("cpu_lean", True)], fast={("plain", True)}
 )
+@pytest.mark.grid
 def test_every_remat_policy_gives_the_gradients_of_none(impl, scan):
     none = _model(impl=impl, scan=scan)
     x = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 16, 3))
@@ -144,6 +147,7 @@ def test_every_remat_policy_gives_the_gradients_of_none(impl, scan):
         assert_same_grads(grads, ref_grads, none, x)
 
 
+@pytest.mark.slow
 def test_cpu_lean_unrolled_with_remat_gives_the_gradients_of_none():
     # The in-order backward wraps a rematerialised block here.
     none = _model(impl="cpu_lean", remat_policy="none")
@@ -171,6 +175,7 @@ def _saved_bytes(model, params, x):
     [(s, i) for s in (True, False) for i in ("plain", "cpu_lean")],
     fast={(True, "plain"), (False, "cpu_lean")},
 )
+@pytest.mark.grid
 def test_each_remat_policy_keeps_less_for_the_backward_pass(impl, scan):
     # 'full' keeps a block's input only, 'save_dots' the dense projections' outputs as well,
     # 'none' every activation. This is JAX's decision and holds on every backend; how much
@@ -280,6 +285,7 @@ class _Trained:
         self.image_size, self.class_names = 16, [str(i) for i in range(7)]
 
 
+@pytest.mark.slow
 def test_attention_analysis_of_a_scanned_model_is_that_of_the_unrolled_one():
     unrolled = _model(impl="plain")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)

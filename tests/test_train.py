@@ -51,6 +51,7 @@ def one_device(tmp_path_factory):
     return _worker(tmp_path_factory.mktemp("one"), "one")
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_a_fixed_batch():
     config = train_worker.tiny_config()
     config.learning_rate = 0.05
@@ -63,6 +64,7 @@ def test_loss_decreases_on_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_the_step_consumes_the_state_it_is_given():
     # The step donates its state: the arrays it was given are gone afterwards, so a caller cannot
     # keep a second copy alive by accident. Whether XLA then writes the new state into those very
@@ -76,6 +78,7 @@ def test_the_step_consumes_the_state_it_is_given():
     assert not any(x.is_deleted() for x in jax.tree_util.tree_leaves(state))
 
 
+@pytest.mark.slow
 def test_model_init_compiled_for_memory_draws_the_same_parameters():
     # jit_model_init compiles with the memory-optimised schedule (each parameter written as it is
     # drawn: B/16 plans 18 instead of 439 MiB of scratch, benchmarks/xla_cpu_memory.py); the
@@ -94,6 +97,7 @@ def _in_process(config, steps=5):
     return {"losses": losses, **{f"params/{k}": v for k, v in checkpoint.flatten(params).items()}}
 
 
+@pytest.mark.slow
 def test_accum_steps_equals_one_big_batch():
     # One device: both runs in this process (the worker's subprocess is for device counts).
     whole = _in_process(train_worker.tiny_config())
@@ -157,6 +161,7 @@ def test_fsdp_spec_picks_largest_divisible_dim():
     assert sharding.fsdp_spec((768,), 8, 10_000) == P()
 
 
+@pytest.mark.slow
 def test_freeze_backbone_trains_only_head_and_se():
     config = train_worker.tiny_config()
     config.freeze_backbone_steps = 3
