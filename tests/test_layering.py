@@ -67,8 +67,9 @@ LAYERS = [
     ],
     # The trainer's programs compiled for a TPU slice (vit_se.main --compile_for).
     ["preflight"],
-    # Predictions drawn onto their inputs: figures over media, below the command layer.
-    ["annotate"],
+    # Predictions drawn onto their inputs (figures over media), and printed or written as a
+    # table: below the command layer.
+    ["annotate", "prediction_output"],
     ["seeds"],
     ["state_checkpoints"],
     # Masked-autoencoder pretraining's data, evaluation, figures and export, for the trainer.
