@@ -221,6 +221,7 @@ def test_encoder_on_every_token_is_the_classifier_encoder(impl):
     tolerances.assert_close(shuffled, jnp.take_along_axis(out, perm[..., None], 1), n=n)
 
 
+@pytest.mark.slow
 def test_reconstruction_keeps_visible_patches_and_greys_masked_ones(model_and_params):
     model, params = model_and_params
     x = _images(3)

@@ -377,7 +377,7 @@ def test_cudnn_attention_matches_xla(dtype, atol):
 
 
 @pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
-@pytest.mark.grid
+@pytest.mark.slow
 def test_sow_attention_only_sows(impl):
     # The same logits and gradients with and without the sown weights: sowing does not switch
     # the computation to another path.
@@ -504,7 +504,7 @@ def test_map_head_sows_the_probe_attention_over_every_token(impl):
 
 @pytest.mark.parametrize("remat_policy", ["none", "full"])
 @pytest.mark.parametrize("impl", ["plain", "cpu_lean"])
-@pytest.mark.grid
+@pytest.mark.slow
 def test_scanned_map_sincos2d_model_is_the_unrolled_one(impl, remat_policy):
     from vit_se import checkpoint
 

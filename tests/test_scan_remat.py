@@ -175,7 +175,7 @@ def _saved_bytes(model, params, x):
     [(s, i) for s in (True, False) for i in ("plain", "cpu_lean")],
     fast={(True, "plain"), (False, "cpu_lean")},
 )
-@pytest.mark.grid
+@pytest.mark.slow
 def test_each_remat_policy_keeps_less_for_the_backward_pass(impl, scan):
     # 'full' keeps a block's input only, 'save_dots' the dense projections' outputs as well,
     # 'none' every activation. This is JAX's decision and holds on every backend; how much
