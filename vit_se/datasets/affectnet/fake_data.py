@@ -32,6 +32,9 @@ from vit_se.datasets import labels
 from vit_se.datasets.synthetic_faces import draw_face
 
 LAYOUTS = ("csv", "csv_zip", "folders")
+# The distributed header, spelled out here rather than imported from affectnet_layouts.COLUMNS:
+# the fake files follow the owners' format, so a typo in the reader's names fails a test instead
+# of being written into the files it reads.
 HEADER = (
     "subDirectory_filePath",
     "face_x",
