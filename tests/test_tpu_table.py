@@ -1,0 +1,144 @@
+"""benchmarks/tpu_table.py: its search finds the largest batch with few compiles, and the table it
+committed holds together. The compiler is replaced by a memory model here (no libtpu needed): the
+real compiles are the preflight's, tested in test_preflight.py."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import tpu_table  # noqa: E402
+
+from vit_se import tpu_slices  # noqa: E402
+
+GiB = 2**30
+CELL = ("B/16", "bfloat16", "v5e-8", "replicate", False, "none")
+
+
+def _compiler(total_per_chip, compiled):
+    """A stand-in for one compile: per-chip bytes from a function of the per-chip batch, refused
+    above the chip's HBM as the TPU compiler refuses."""
+
+    def run_compile(store, cell, batch):
+        key = tpu_table._key(cell, batch)
+        if key in store.done:
+            return store.done[key]
+        compiled.append(batch)
+        slice_ = tpu_slices.parse(cell[2])
+        state, temp = total_per_chip(batch // slice_.devices)
+        v, d, s, sh, scan, remat = cell
+        row = dict(key=key, variant=v, dtype=d, slice=s, sharding=sh, scan=scan, remat=remat)
+        row.update(batch=batch, seconds=1.0)
+        if state + temp > slice_.hbm_bytes:
+            row.update(fits=False, refused="Ran out of memory on HBM")
+        else:
+            row.update(fits=True, total=state + temp, state=state, temp=temp, collectives={})
+        store.add(row)
+        return row
+
+    return run_compile
+
+
+def _largest_power_of_two(total_per_chip, hbm):
+    b = 1
+    while sum(total_per_chip(b * 2)) <= hbm:
+        b *= 2
+    return b
+
+
+@pytest.mark.parametrize(
+    "name, total_per_chip",
+    [
+        # A straight line: the prediction from two small batches is right.
+        ("linear", lambda b: (1 * GiB, int(0.05 * GiB * b))),
+        # Temp that bends down under pressure, as the TPU compiler's rematerialisation makes it:
+        # the line from small batches underestimates, and the search must walk on.
+        ("sublinear", lambda b: (1 * GiB, int(0.9 * GiB * math.sqrt(b)))),
+        # A state too large for 16 per chip: the search walks down first.
+        ("large state", lambda b: (15 * GiB, int(0.1 * GiB * b))),
+    ],
+)
+def test_search_confirms_the_largest_batch_by_a_refusal_at_twice_it(
+    tmp_path, monkeypatch, name, total_per_chip
+):
+    compiled = []
+    monkeypatch.setattr(tpu_table, "run_compile", _compiler(total_per_chip, compiled))
+    store = tpu_table.Store(str(tmp_path / "table.json"))
+    tpu_table.search(store, CELL)
+    chips = tpu_slices.parse(CELL[2]).devices
+    expected = _largest_power_of_two(total_per_chip, tpu_slices.parse(CELL[2]).hbm_bytes)
+    summary = tpu_table.cell_summary(store, CELL)
+    assert (summary["largest"], summary["confirmed"]) == (expected * chips, True), compiled
+    assert tpu_table.PAPER_BATCH in compiled  # the paper's batch is a column of the table
+    assert len(compiled) == len(set(compiled)) <= 7, compiled
+    # Resumed from its file, the same search compiles nothing more.
+    again = []
+    monkeypatch.setattr(tpu_table, "run_compile", _compiler(total_per_chip, again))
+    tpu_table.search(tpu_table.Store(str(tmp_path / "table.json")), CELL)
+    assert again == []
+
+
+def test_the_table_names_what_limits_the_largest_batch(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        tpu_table, "run_compile", _compiler(lambda b: (1 * GiB, int(0.05 * GiB * b)), [])
+    )
+    store = tpu_table.Store(str(tmp_path / "table.json"))
+    tpu_table.search(store, CELL)
+    table, missing = tpu_table.markdown(store, [CELL, CELL[:3] + ("fsdp", False, "none")])
+    row = table.splitlines()[2]
+    assert row.startswith("| B/16 | bfloat16 | v5e-8 | replicate | 2048 (256 per chip) |")
+    assert "| temp |" in row
+    assert missing == [CELL[:3] + ("fsdp", False, "none")]
+
+
+def _committed_rows():
+    with open(os.path.join(ROOT, "benchmarks", "tpu_table.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_the_committed_table_holds_together():
+    rows = _committed_rows()
+    assert rows
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)), "a compile is stored twice"
+    for r in rows:
+        cell = (r["variant"], r["dtype"], r["slice"], r["sharding"], r["scan"], r["remat"])
+        assert r["key"] == tpu_table._key(cell, r["batch"])
+        slice_ = tpu_slices.parse(r["slice"])
+        assert r["batch"] % slice_.devices == 0, r["key"]
+        if r["fits"]:
+            # Fitting means under the chip's HBM, and the state is part of the arguments.
+            assert r["total"] <= slice_.hbm_bytes, r["key"]
+            assert r["state"] <= r["argument"], r["key"]
+            assert r["impl"] == "plain", r["key"]  # `auto` resolved for the TPU, not this CPU
+        else:
+            assert r["refused"], r["key"]
+    # Every cell's largest batch is confirmed by a refusal at twice it, and no refused batch lies
+    # below a fitting one (more memory per chip never fits where less did not).
+    by_cell = {}
+    for r in rows:
+        by_cell.setdefault(r["key"].rsplit("|batch=", 1)[0], []).append(r)
+    for cell, cell_rows in by_cell.items():
+        fits = [r["batch"] for r in cell_rows if r["fits"]]
+        refused = [r["batch"] for r in cell_rows if not r["fits"]]
+        if fits and refused:
+            assert max(fits) < min(refused), cell
+
+
+def test_every_committed_cell_is_in_the_readme_table():
+    rows = _committed_rows()
+    store = tpu_table.Store.__new__(tpu_table.Store)
+    store.done = {r["key"]: r for r in rows}
+    cells = sorted(
+        {(r["variant"], r["dtype"], r["slice"], r["sharding"], r["scan"], r["remat"]) for r in rows}
+    )
+    table, _ = tpu_table.markdown(store, cells)
+    with open(os.path.join(ROOT, "benchmarks", "README.md")) as f:
+        readme = f.read()
+    for line in table.splitlines()[2:]:
+        assert line in readme, f"benchmarks/README.md lacks the row: {line}"
