@@ -117,7 +117,9 @@ def test_the_committed_table_holds_together():
             assert r["state"] <= r["argument"], r["key"]
             assert r["impl"] == "plain", r["key"]  # `auto` resolved for the TPU, not this CPU
         else:
-            assert r["refused"], r["key"]
+            # Refused by the compiler, or compiled over the HBM the preflight counts (the v5p
+            # compiler accepted 96.7 GiB per chip for L/16 fsdp at 2048; a v5p chip has 95 GiB).
+            assert r.get("refused") or r["total"] > slice_.hbm_bytes, r["key"]
     # Every cell's largest batch is confirmed by a refusal at twice it, and no refused batch lies
     # below a fitting one (more memory per chip never fits where less did not).
     by_cell = {}
