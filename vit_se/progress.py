@@ -24,6 +24,14 @@ def duration(seconds):
     return f"{s}s"
 
 
+def rate_figure(per_second):
+    """'1190', '87.5', '0.412': whole numbers from 100 up, because `:.3g` turns 1190 into
+    '1.19e+03', which a person misreads and a log grep for a plain number misses."""
+    if per_second >= 100:
+        return f"{per_second:.0f}"
+    return f"{per_second:.3g}"
+
+
 class Progress:
     """`started()` after the first step, `update(step, metrics)` at every log interval."""
 
@@ -60,7 +68,7 @@ class Progress:
             parts.append(f"skipped {int(metrics['skipped_steps'])}")
         rate = self.rate(step)
         if rate:
-            parts.append(f"{rate * self.batch:.3g} images/s")
+            parts.append(f"{rate_figure(rate * self.batch)} images/s")
             parts.append(f"ETA {duration((self.total - step) / rate)}")
         return ", ".join(parts)
 
