@@ -144,6 +144,36 @@ ENTRY %main (a: f32[4,4], b: bf16[16]) -> f32[4,4] {
     assert got["all-to-all"] == (0, 0) and got["collective-permute"] == (0, 0)
 
 
+def test_collectives_read_the_trip_count_from_the_loop_condition():
+    """The TPU compiler writes no `known_trip_count`: its loops say `i < N` in their condition."""
+    hlo = """HloModule m
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %n = s32[]{:T(128)} constant(24)
+  %p = (s32[]{:T(128)}, f32[8]{0}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT, metadata={op_name="while/cond/lt"}
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p), index=1
+  %ar = f32[8]{0:T(8,128)} all-reduce(%x), to_apply=%add
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %ar)
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  %w = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body
+  ROOT %r = f32[8]{0} get-tuple-element(%w), index=1
+}
+"""
+    assert preflight.collectives(hlo)["all-reduce"] == (24, 24 * 8 * 4)
+    # A condition it cannot read counts the loop once rather than guessing.
+    unread = hlo.replace("direction=LT", "direction=NE")
+    assert preflight.collectives(unread)["all-reduce"] == (1, 8 * 4)
+
+
 def test_forward_flops_of_b16_match_the_published_count():
     # ViT-B/16 at 224 px: 17.6 GMACs (timm / the ViT paper's 17.6 "GFLOPs", counted as MACs);
     # the last block for the class token alone saves about 7% of it.
@@ -239,6 +269,20 @@ def test_collectives_follow_the_sharding(reports, name):
     assert rep["all-reduce"][1] >= state / 3 * 0.95  # parameters are a third of params + Adam
     # fsdp gathers parameters where they are used.
     assert fsdp["all-gather"][0] >= 1
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_a_scanned_model_all_reduces_every_block(reports):
+    """Scanned, the gradients' all-reduce sits in the backward loop, one block per trip: counted
+    once per trip, it carries the same bytes as the unrolled model's."""
+    config = tiny_config(4, "replicate")
+    config.model.scan = True
+    scanned = preflight.run(config, tpu_slices.parse("v5e-4")).programs["train step"]
+    plain = reports["v5e-4", "replicate"][1].programs["train step"]
+    assert scanned.collectives["all-reduce"][1] == pytest.approx(
+        plain.collectives["all-reduce"][1], rel=0.01
+    )
 
 
 @needs_libtpu

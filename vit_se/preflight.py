@@ -225,12 +225,39 @@ def _bytes(type_text):
     return total
 
 
+_CONSTANT = re.compile(r"^\s*%?([\w.\-]+) = [su]\d+\[\]\S* constant\((\d+)\)")
+_COMPARE = re.compile(r"compare\(%?([\w.\-]+), %?([\w.\-]+)\), direction=(LT|GT)\b")
+
+
+def _trip_count(while_line, bodies):
+    """How often a `while` runs: its `known_trip_count`, else N from a condition `i < N` (or
+    `N > i`); 1 when neither says, so an unreadable loop is counted once rather than guessed."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', while_line)
+    if known:
+        return int(known.group(1))
+    condition = re.search(r"\bcondition=%?([\w.\-]+)", while_line)
+    lines = bodies.get(condition.group(1), []) if condition else []
+    constants = dict(m.groups() for m in map(_CONSTANT.match, lines) if m)
+    for line in lines:
+        if not line.lstrip().startswith("ROOT"):
+            continue
+        compare = _COMPARE.search(line)
+        if compare:
+            left, right, direction = compare.groups()
+            bound = constants.get(right if direction == "LT" else left)
+            if bound is not None:
+                return int(bound)
+    return 1
+
+
 def collectives(hlo_text):
     """{op: (count, bytes)} per step of the compiled (partitioned, per-chip) HLO.
 
     An asynchronous pair counts once, at its `-done` (whose result is the collective's output);
-    bytes are the outputs' sizes. Loops count as often as they run (`known_trip_count`): a scanned
-    model's blocks, accumulation micro-batches.
+    bytes are the outputs' sizes. Loops count as often as they run: a scanned model's blocks,
+    accumulation micro-batches. XLA:CPU and GPU write the count on the loop
+    (`known_trip_count`); the TPU compiler does not, and its loop condition (`i < N`, with `i`
+    from 0 as every JAX scan and fori_loop lowers) says it instead.
     """
     bodies, ops, entry = {}, {}, None
     current = None
@@ -248,12 +275,9 @@ def collectives(hlo_text):
     calls = {}  # computation -> [(callee, times)]
     for comp, lines in bodies.items():
         for line in lines:
-            trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
             body = re.search(r"\bbody=%?([\w.\-]+)", line)
             if body:
-                calls.setdefault(comp, []).append(
-                    (body.group(1), int(trip.group(1)) if trip else 1)
-                )
+                calls.setdefault(comp, []).append((body.group(1), _trip_count(line, bodies)))
             for callee in re.findall(
                 r"\b(?:to_apply|calls|branch_computations)=\{?%?([\w.\-]+)", line
             ):
