@@ -174,6 +174,27 @@ ENTRY %main (a: f32[8]) -> f32[8] {
     assert preflight.collectives(unread)["all-reduce"] == (1, 8 * 4)
 
 
+@pytest.mark.parametrize(
+    "remat, scan, says, never",
+    [
+        ("none", False, "remat_policy=save_dots (or full)", "scan="),
+        ("save_dots", False, "remat_policy=full", "scan="),
+        ("full", False, "accum_steps=2", "remat_policy"),
+        ("full", True, "--config.model.scan=False", "scan=True"),
+    ],
+)
+def test_advice_for_temp_follows_the_compiler_table(remat, scan, says, never):
+    """Scan is never offered as a memory fix: the TPU compiler plans more temp for a scanned
+    stack (the table's remat and scan cells); a scanned config is told to unroll."""
+    config = tiny_config(4, "replicate")
+    config.model.remat_policy, config.model.scan, config.batch_size = remat, scan, 64
+    gib = 2**30
+    program = preflight.Program("train step", 1.0, memory={"argument": gib, "temp": 20 * gib})
+    text = preflight.advice(config, tpu_slices.parse("v5e-4"), program, state=gib)
+    assert says in text and never not in text, text
+    assert text.index("accum_steps") < text.index("param_sharding=fsdp"), "temp first"
+
+
 def test_forward_flops_of_b16_match_the_published_count():
     # ViT-B/16 at 224 px: 17.6 GMACs (timm / the ViT paper's 17.6 "GFLOPs", counted as MACs);
     # the last block for the class token alone saves about 7% of it.

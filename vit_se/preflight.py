@@ -346,8 +346,13 @@ def advice(config, slice_, program, state):
         )
     if config.model.remat_policy == "none":
         for_temp.append("--config.model.remat_policy=save_dots (or full)")
-    elif not config.model.scan:
-        for_temp.append("--config.model.scan=True")
+    elif config.model.remat_policy == "save_dots":
+        for_temp.append("--config.model.remat_policy=full")
+    # Never scan=True: the TPU compiler plans more temp for a scanned stack than for unrolled
+    # blocks, with and without remat (benchmarks/README.md, "What fits on a TPU slice"); scan
+    # buys compile time, not memory.
+    if config.model.scan:
+        for_temp.append("--config.model.scan=False")
     micro = config.batch_size // (slice_.devices * config.accum_steps)
     if micro >= 2:
         for_temp.append(f"--config.accum_steps={config.accum_steps * 2}")
