@@ -83,6 +83,30 @@ def test_search_confirms_the_largest_batch_by_a_refusal_at_twice_it(
     assert again == []
 
 
+@pytest.mark.parametrize("twin_scale", [0.25, 1.0, 4.0])
+def test_a_cell_starts_from_its_twins_edge_and_still_confirms_its_own(
+    tmp_path, monkeypatch, twin_scale
+):
+    """The fsdp cell starts where the replicated one ended, whether its own edge lies below,
+    at or above it; the twin saves compiles, never the cell's own refusal at twice its batch."""
+    store = tpu_table.Store(str(tmp_path / "table.json"))
+    replicated = lambda b: (1 * GiB, int(0.05 * GiB * b))  # noqa: E731
+    monkeypatch.setattr(tpu_table, "run_compile", _compiler(replicated, []))
+    tpu_table.search(store, CELL)
+    fsdp_cell = CELL[:3] + ("fsdp", False, "none")
+    fsdp = lambda b: (1 * GiB, int(0.05 * GiB * b / twin_scale))  # noqa: E731
+    compiled = []
+    monkeypatch.setattr(tpu_table, "run_compile", _compiler(fsdp, compiled))
+    tpu_table.search(store, fsdp_cell)
+    slice_ = tpu_slices.parse(CELL[2])
+    summary = tpu_table.cell_summary(store, fsdp_cell)
+    expected = _largest_power_of_two(fsdp, slice_.hbm_bytes) * slice_.devices
+    assert (summary["largest"], summary["confirmed"]) == (expected, True), compiled
+    assert compiled[0] == tpu_table.PAPER_BATCH
+    assert compiled[1] == tpu_table.cell_summary(store, CELL)["largest"], compiled
+    assert len(compiled) == len(set(compiled)) <= 5, compiled
+
+
 def test_the_table_names_what_limits_the_largest_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(
         tpu_table, "run_compile", _compiler(lambda b: (1 * GiB, int(0.05 * GiB * b)), [])
