@@ -70,6 +70,7 @@ def run(args, root):
 
     from vit_se import input_pipeline, sharding, train
     from vit_se.datasets.raf_db.fake_data import write_fake_raf_db
+    from vit_se.progress import rate_figure
 
     tfds.disable_progress_bar()
 
@@ -125,7 +126,8 @@ def run(args, root):
         ratio = rate / train
         verdict = "meets" if ratio >= 10 else "MISSES"
         print(
-            f"train step: {train:.3g} images/s -> pipeline/train = {ratio:.1f}x ({verdict} >= 10x);"
+            f"train step: {rate_figure(train)} images/s -> pipeline/train = {ratio:.1f}x "
+            f"({verdict} >= 10x);"
         )
         print(f"  feeding it costs {train * own / images:.1%} of one core")
     return rate

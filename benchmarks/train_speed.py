@@ -66,6 +66,7 @@ MiB = 2**20
 # The model's own choices; vit_se.choices imports nothing, so the parent process, which never
 # imports JAX, can check the flags.
 from vit_se.choices import ATTENTION_IMPLS, IMPLS, REMAT_POLICIES  # noqa: E402
+from vit_se.progress import rate_figure  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -485,13 +486,15 @@ def summarise(r, batch, flops_per_step, flops_source, rate):
 
 
 def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
+    if x is None:
+        return "-"
+    return rate_figure(x) if spec == "rate" else format(x, spec)
 
 
 # (label, measurement kind, key, format, scale, ratio): ratio 'speed' is JAX/timm of a rate,
 # 'time' the inverse ratio of a time (both > 1 when JAX is faster), 'size' JAX/timm of memory.
 ROWS = [
-    ("train images/s", "train", "images_per_s", ".3g", 1, "speed"),
+    ("train images/s", "train", "images_per_s", "rate", 1, "speed"),
     ("train images/s, best", "train", "best_images_per_s", ".3g", 1, "speed"),
     ("train step s (mean)", "train", "mean_step_s", ".3g", 1, "time"),
     ("train GFLOP/step", "train", "flops_per_step", ".4g", 1e-9, None),
@@ -499,7 +502,7 @@ ROWS = [
     ("train FLOPs util.", "train", "utilisation", ".1%", 1, "speed"),
     ("train peak MiB", "train", "peak_memory_bytes", ".0f", 1 / MiB, "size"),
     ("  XLA scratch MiB", "train", "xla_temp_bytes", ".0f", 1 / MiB, None),
-    ("infer images/s", "infer", "images_per_s", ".3g", 1, "speed"),
+    ("infer images/s", "infer", "images_per_s", "rate", 1, "speed"),
     ("infer images/s, best", "infer", "best_images_per_s", ".3g", 1, "speed"),
     ("infer GFLOP/batch", "infer", "flops_per_step", ".4g", 1e-9, None),
     ("  XLA's count", "infer", "xla_flops", ".4g", 1e-9, None),

@@ -97,6 +97,15 @@ def test_parse_batches():
         train_speed.parse_batches("0")
 
 
+def test_the_speed_table_prints_rates_as_plain_numbers():
+    """An accelerator's 1190 images/s read '1.19e+03' under `:.3g`."""
+    rows = {label: spec for label, _, _, spec, _, _ in train_speed.ROWS}
+    assert train_speed._fmt(1190.4, rows["train images/s"]) == "1190"
+    assert train_speed._fmt(87.54, rows["infer images/s, best"]) == "87.5"
+    assert train_speed._fmt(None, rows["train images/s"]) == "-"
+    assert train_speed._fmt(0.01234, rows["train step s (mean)"]) == "0.0123"
+
+
 @pytest.mark.slow
 def test_train_speed_model_options_and_batches(tmp_path):
     # The plain implementation, scanned and rematerialised, at two batch sizes in one command.
