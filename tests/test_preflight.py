@@ -174,6 +174,63 @@ ENTRY %main (a: f32[8]) -> f32[8] {
     assert preflight.collectives(unread)["all-reduce"] == (1, 8 * 4)
 
 
+def test_loops_with_matmuls_are_found_for_the_flops_line():
+    """XLA's FLOPs count a loop's body once: the preflight names the loops with a matmul inside
+    (a TPU `convolution` in a fusion the body calls) that run more than once, and no others."""
+    hlo = """HloModule m
+
+%cond (p: (s32[], f32[8,8])) -> pred[] {
+  %n = s32[]{:T(128)} constant(12)
+  %p = (s32[]{:T(128)}, f32[8,8]{1,0}) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT
+}
+
+%fused (a: f32[8,8], b: f32[8,8]) -> f32[8,8] {
+  %a = f32[8,8]{1,0} parameter(0)
+  %b = f32[8,8]{1,0} parameter(1)
+  ROOT %c = f32[8,8]{1,0:T(8,128)} convolution(%a, %b), dim_labels=bf_io->bf
+}
+
+%body (p: (s32[], f32[8,8])) -> (s32[], f32[8,8]) {
+  %p = (s32[], f32[8,8]{1,0}) parameter(0)
+  %x = f32[8,8]{1,0} get-tuple-element(%p), index=1
+  %y = f32[8,8]{1,0} fusion(%x, %x), kind=kOutput, calls=%fused
+  ROOT %t = (s32[], f32[8,8]{1,0}) tuple(%i, %y)
+}
+
+%plain_body (p: (s32[], f32[8,8])) -> (s32[], f32[8,8]) {
+  %p = (s32[], f32[8,8]{1,0}) parameter(0)
+  %x = f32[8,8]{1,0} get-tuple-element(%p), index=1
+  %y = f32[8,8]{1,0} add(%x, %x), metadata={op_name="jit(f)/dot_general"}
+  ROOT %t = (s32[], f32[8,8]{1,0}) tuple(%i, %y)
+}
+
+ENTRY %main (a: f32[8,8]) -> f32[8,8] {
+  %a = f32[8,8]{1,0} parameter(0)
+  %d = f32[8,8]{1,0} dot(%a, %a), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %w = (s32[], f32[8,8]{1,0}) while(%init), condition=%cond, body=%body
+  %v = (s32[], f32[8,8]{1,0}) while(%w), condition=%cond, body=%plain_body
+  ROOT %r = f32[8,8]{1,0} get-tuple-element(%v), index=1
+}
+"""
+    assert preflight.matmul_loops(hlo) == (1, 12)
+    # Run once, a loop leaves XLA's count whole.
+    assert preflight.matmul_loops(hlo.replace("constant(12)", "constant(1)")) == (0, 0)
+    p = preflight.Program(
+        "train step",
+        1.0,
+        memory=dict(argument=preflight.GiB, output=0, alias=0, temp=preflight.GiB, code=0),
+        flops=1e12,
+        analytic_flops=1.2e12,
+        collectives={op: (0, 0) for op in preflight.COLLECTIVES},
+        matmul_loops=(1, 12),
+    )
+    table = preflight.format_program(p, 16 * preflight.GiB, state=preflight.GiB // 2)
+    row = next(line for line in table.splitlines() if "FLOPs" in line)
+    assert "0.83x); 1 loop with matmuls runs up to 12 times per step" in row
+
+
 @pytest.mark.parametrize(
     "remat, scan, says, never",
     [
@@ -304,6 +361,9 @@ def test_a_scanned_model_all_reduces_every_block(reports):
     assert scanned.collectives["all-reduce"][1] == pytest.approx(
         plain.collectives["all-reduce"][1], rel=0.01
     )
+    # And its FLOPs line says the compiler counted the scanned blocks once.
+    assert scanned.matmul_loops[1] == config.model.transformer.num_layers, scanned.matmul_loops
+    assert plain.matmul_loops == (0, 0)
 
 
 @needs_libtpu
