@@ -495,7 +495,7 @@ def _fmt(x, spec):
 # 'time' the inverse ratio of a time (both > 1 when JAX is faster), 'size' JAX/timm of memory.
 ROWS = [
     ("train images/s", "train", "images_per_s", "rate", 1, "speed"),
-    ("train images/s, best", "train", "best_images_per_s", ".3g", 1, "speed"),
+    ("train images/s, best", "train", "best_images_per_s", "rate", 1, "speed"),
     ("train step s (mean)", "train", "mean_step_s", ".3g", 1, "time"),
     ("train GFLOP/step", "train", "flops_per_step", ".4g", 1e-9, None),
     ("  XLA's count", "train", "xla_flops", ".4g", 1e-9, None),
@@ -503,7 +503,7 @@ ROWS = [
     ("train peak MiB", "train", "peak_memory_bytes", ".0f", 1 / MiB, "size"),
     ("  XLA scratch MiB", "train", "xla_temp_bytes", ".0f", 1 / MiB, None),
     ("infer images/s", "infer", "images_per_s", "rate", 1, "speed"),
-    ("infer images/s, best", "infer", "best_images_per_s", ".3g", 1, "speed"),
+    ("infer images/s, best", "infer", "best_images_per_s", "rate", 1, "speed"),
     ("infer GFLOP/batch", "infer", "flops_per_step", ".4g", 1e-9, None),
     ("  XLA's count", "infer", "xla_flops", ".4g", 1e-9, None),
     ("infer FLOPs util.", "infer", "utilisation", ".1%", 1, "speed"),

@@ -101,6 +101,7 @@ def test_the_speed_table_prints_rates_as_plain_numbers():
     """An accelerator's 1190 images/s read '1.19e+03' under `:.3g`."""
     rows = {label: spec for label, _, _, spec, _, _ in train_speed.ROWS}
     assert train_speed._fmt(1190.4, rows["train images/s"]) == "1190"
+    assert train_speed._fmt(2380.6, rows["train images/s, best"]) == "2381"
     assert train_speed._fmt(87.54, rows["infer images/s, best"]) == "87.5"
     assert train_speed._fmt(None, rows["train images/s"]) == "-"
     assert train_speed._fmt(0.01234, rows["train step s (mean)"]) == "0.0123"
