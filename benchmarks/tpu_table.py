@@ -191,23 +191,55 @@ def _same_chip_points(store, cell, not_batch):
     return []
 
 
-def _twin_largest(store, cell):
-    """The confirmed largest per-chip batch of the same model on the same slice with the other
-    sharding, else the other dtype: where the search starts, which saves the compile at 16 per
-    chip (B/16 and L/16 compiles take minutes here). Only a starting point: the search still
-    confirms the cell's own edge."""
+def _twin_edges(store, cell):
+    """The confirmed largest per-chip batches of the same model on the same slice with the other
+    sharding, then with the other dtype."""
     v, d, s, sh, scan, remat = cell
     other_sharding = "fsdp" if sh == "replicate" else "replicate"
     other_dtype = "float32" if d == "bfloat16" else "bfloat16"
+    edges = []
     for twin in [(v, d, s, other_sharding, scan, remat), (v, other_dtype, s, sh, scan, remat)]:
         summary = cell_summary(store, twin)
         if summary and summary["confirmed"]:
-            return summary["largest"] // summary["chips"]
-    return None
+            edges.append(summary["largest"] // summary["chips"])
+    return edges
+
+
+def _twin_largest(store, cell):
+    """Where the search starts, which saves the compile at 16 per chip (B/16 and L/16 compiles
+    take minutes here). Only a starting point: the search still confirms the cell's own edge."""
+    edges = _twin_edges(store, cell)
+    return edges[0] if edges else None
 
 
 def search(store, cell):
-    """Compiles until the largest power-of-two global batch that fits is confirmed."""
+    """Compiles until the largest power-of-two global batch that fits is confirmed, then tries
+    the cell at its twins' larger edges."""
+    _search_own(store, cell)
+    _try_twins_edges(store, cell)
+
+
+def _try_twins_edges(store, cell):
+    """A refusal at twice a fitting batch does not prove that nothing larger fits: memory per
+    chip is not monotone in the batch. Under fsdp on v5e-32 the TPU compiler plans more for 8
+    images per chip than for 16 or 64 (H/14 bfloat16: 19.0 GiB at global 256, 16.1 at 512,
+    while 2048 fits in float32). So where a twin's confirmed edge lies above the cell's, the
+    cell is compiled there once, and walks up from it if it fits. A refusal there ends it:
+    walking down would spend compiles between two refusals."""
+    chips = _chips(cell[2])
+    for edge in _twin_edges(store, cell):
+        summary = cell_summary(store, cell)
+        if summary is None or not summary["confirmed"] or edge * chips <= summary["largest"]:
+            continue
+        row = run_compile(store, cell, edge * chips)
+        if row is not None and row["fits"]:
+            _walk(store, cell, edge, {edge: row})
+
+
+def _search_own(store, cell):
+    summary = cell_summary(store, cell)
+    if summary is not None and summary["confirmed"]:
+        return  # resumed: a seed found since would only aim compiles at an edge already known
     chips, hbm = _chips(cell[2]), _hbm(cell[2])
     fitting = []
     if PAPER_BATCH % chips == 0:
@@ -332,8 +364,13 @@ def markdown(store, cells):
         )
         limit = "temp" if at_largest["temp"] >= at_largest["state"] else "state"
         seconds = ", ".join(f"{b}: {r['seconds']:.0f}" for b, r in sorted(summary["rows"].items()))
+        # Memory is not monotone in the batch (_try_twins_edges): say so where it showed.
+        below = sorted(b for b, r in summary["rows"].items() if b < largest and not r["fits"])
+        per_chip = f"{largest // summary['chips']} per chip"
+        if below:
+            per_chip += f"; {', '.join(map(str, below))} refused"
         lines.append(
-            f"| {v} | {d} | {s} | {label} | {largest} ({largest // summary['chips']} per chip) "
+            f"| {v} | {d} | {s} | {label} | {largest} ({per_chip}) "
             f"| {paper_text} | {_hbm_text(at_largest)} | {limit} | "
             f"{_collectives_text(at_largest)} | {seconds} |"
         )
