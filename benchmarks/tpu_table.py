@@ -54,6 +54,11 @@ def _key(cell, batch):
     return f"{v}|{d}|{s}|{sh}|scan={scan}|remat={remat}|batch={batch}"
 
 
+def cell_of(row):
+    """The cell a stored compile belongs to."""
+    return (row["variant"], row["dtype"], row["slice"], row["sharding"], row["scan"], row["remat"])
+
+
 # ----------------------------------------------------------------------------------------------
 # One compile, in its own process.
 
@@ -177,13 +182,8 @@ def _same_chip_points(store, cell, not_batch):
     slice size): only to aim the next compile, never reported."""
     generation = cell[2].split("-")[0]
     for r in store.done.values():
-        same = (r["variant"], r["dtype"], r["sharding"], r["scan"], r["remat"]) == (
-            cell[0],
-            cell[1],
-            cell[3],
-            cell[4],
-            cell[5],
-        )
+        other = cell_of(r)
+        same = other[:2] + other[3:] == tuple(cell[:2]) + tuple(cell[3:])
         if same and r["slice"].split("-")[0] == generation and r["fits"]:
             per_chip = r["batch"] // _chips(r["slice"])
             if per_chip != not_batch:
@@ -298,11 +298,7 @@ def _gib(b):
 
 def cell_summary(store, cell):
     chips = _chips(cell[2])
-    rows = {
-        r["batch"]: r
-        for r in store.done.values()
-        if r["key"].rsplit("|batch=", 1)[0] == _key(cell, 0).rsplit("|batch=", 1)[0]
-    }
+    rows = {r["batch"]: r for r in store.done.values() if cell_of(r) == tuple(cell)}
     if not rows:
         return None
     fits = [b for b, r in rows.items() if r["fits"]]

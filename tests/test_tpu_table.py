@@ -177,7 +177,7 @@ def test_the_committed_table_holds_together():
     keys = [r["key"] for r in rows]
     assert len(keys) == len(set(keys)), "a compile is stored twice"
     for r in rows:
-        cell = (r["variant"], r["dtype"], r["slice"], r["sharding"], r["scan"], r["remat"])
+        cell = tpu_table.cell_of(r)
         assert r["key"] == tpu_table._key(cell, r["batch"])
         slice_ = tpu_slices.parse(r["slice"])
         assert r["batch"] % slice_.devices == 0, r["key"]
@@ -194,9 +194,7 @@ def test_the_committed_table_holds_together():
     # fits a larger batch the cell was compiled there too: memory is not monotone in the batch,
     # so a refusal alone does not prove that nothing larger fits.
     store = tpu_table.Store(os.path.join(ROOT, "benchmarks", "tpu_table.json"))  # reads only
-    cells = {
-        (r["variant"], r["dtype"], r["slice"], r["sharding"], r["scan"], r["remat"]) for r in rows
-    }
+    cells = {tpu_table.cell_of(r) for r in rows}
     for cell in cells:
         summary = tpu_table.cell_summary(store, cell)
         assert summary["confirmed"], cell
@@ -208,9 +206,7 @@ def test_the_committed_table_holds_together():
 def test_every_committed_cell_is_in_the_readme_table():
     store = tpu_table.Store(os.path.join(ROOT, "benchmarks", "tpu_table.json"))  # reads only
     rows = store.done.values()
-    cells = sorted(
-        {(r["variant"], r["dtype"], r["slice"], r["sharding"], r["scan"], r["remat"]) for r in rows}
-    )
+    cells = sorted({tpu_table.cell_of(r) for r in rows})
     table, _ = tpu_table.markdown(store, cells)
     with open(os.path.join(ROOT, "benchmarks", "README.md")) as f:
         readme = f.read()
